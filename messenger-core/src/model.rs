@@ -1,0 +1,248 @@
+//! The message model: messages, conversations, members, receipts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ClientMsgId, ConversationId, DeviceId, Seq, Timestamp, UserId};
+
+/// The largest text body, in bytes of UTF-8.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// The longest group title, in bytes of UTF-8.
+pub const MAX_TITLE_BYTES: usize = 256;
+/// The most members a group may have.
+pub const MAX_GROUP_MEMBERS: usize = 1024;
+
+/// One entry of a conversation's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The conversation it belongs to.
+    pub conversation: ConversationId,
+    /// Its position in the conversation.
+    pub seq: Seq,
+    /// Who sent it (for membership changes: who made the change).
+    pub sender: UserId,
+    /// From which device.
+    pub sender_device: DeviceId,
+    /// The sender's idempotency key.
+    pub client_msg_id: ClientMsgId,
+    /// When the server accepted it.
+    pub sent_at: Timestamp,
+    /// What it says.
+    pub body: Body,
+}
+
+impl Message {
+    /// A void entry: `seq` was allocated but its message was never stored.
+    pub fn void(conversation: ConversationId, seq: Seq, at: Timestamp) -> Message {
+        Message {
+            conversation,
+            seq,
+            sender: system_user(),
+            sender_device: system_device(),
+            client_msg_id: void_client_msg_id(seq),
+            sent_at: at,
+            body: Body::Void,
+        }
+    }
+
+    /// Whether this entry is a void seq (clients skip it).
+    pub fn is_void(&self) -> bool {
+        matches!(self.body, Body::Void)
+    }
+}
+
+fn system_user() -> UserId {
+    UserId::new("system").unwrap_or_else(|_| unreachable!("a valid literal id"))
+}
+
+fn system_device() -> DeviceId {
+    DeviceId::new("system").unwrap_or_else(|_| unreachable!("a valid literal id"))
+}
+
+fn void_client_msg_id(seq: Seq) -> ClientMsgId {
+    ClientMsgId::new(format!("void:{seq}")).unwrap_or_else(|_| unreachable!("a valid id"))
+}
+
+/// The content of a log entry.
+///
+/// Membership changes are entries of the log like messages, so every member sees joins and
+/// leaves in the same order as the messages around them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Body {
+    /// A text message.
+    Text {
+        /// The text, at most [`MAX_TEXT_BYTES`].
+        text: String,
+    },
+    /// A group was created with these members (the first entry of every group).
+    GroupCreated {
+        /// The group's title.
+        title: String,
+        /// The founding members with their roles.
+        members: Vec<Member>,
+    },
+    /// Users joined the group with `role`.
+    MembersAdded {
+        /// Who joined.
+        users: Vec<UserId>,
+        /// Their role.
+        role: Role,
+    },
+    /// A member was removed by the sender.
+    MemberRemoved {
+        /// Who was removed.
+        user: UserId,
+    },
+    /// The sender left the group.
+    MemberLeft,
+    /// A member's role changed. Giving `owner` transfers ownership: the previous owner
+    /// becomes an admin.
+    RoleChanged {
+        /// Whose role.
+        user: UserId,
+        /// The new role.
+        role: Role,
+    },
+    /// The seq was allocated but its message was never stored; clients skip it.
+    Void,
+}
+
+impl Body {
+    /// Whether this entry changes the membership of its conversation.
+    pub fn is_membership_change(&self) -> bool {
+        matches!(
+            self,
+            Body::GroupCreated { .. }
+                | Body::MembersAdded { .. }
+                | Body::MemberRemoved { .. }
+                | Body::MemberLeft
+                | Body::RoleChanged { .. }
+        )
+    }
+}
+
+/// A member's role in a group. Direct conversations only have `member`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Plain member: may send, read and leave.
+    Member,
+    /// May also add members and remove plain members.
+    Admin,
+    /// May do everything: remove admins, change roles, transfer ownership. One per group.
+    Owner,
+}
+
+impl Role {
+    /// A stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    /// Parses [`Role::as_str`]'s output.
+    pub fn parse(value: &str) -> Option<Role> {
+        match value {
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            "owner" => Some(Role::Owner),
+            _ => None,
+        }
+    }
+}
+
+/// A user's membership of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member.
+    pub user: UserId,
+    /// Their role.
+    pub role: Role,
+}
+
+/// Whether a conversation is a direct chat or a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    /// Exactly two users, id derived from the pair.
+    Direct,
+    /// Any number of members with roles.
+    Group,
+}
+
+impl ConversationKind {
+    /// A stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationKind::Direct => "direct",
+            ConversationKind::Group => "group",
+        }
+    }
+
+    /// Parses [`ConversationKind::as_str`]'s output.
+    pub fn parse(value: &str) -> Option<ConversationKind> {
+        match value {
+            "direct" => Some(ConversationKind::Direct),
+            "group" => Some(ConversationKind::Group),
+            _ => None,
+        }
+    }
+}
+
+/// A conversation's fixed facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// Its id.
+    pub id: ConversationId,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// The group title (`None` for direct conversations).
+    pub title: Option<String>,
+    /// Who created it.
+    pub created_by: UserId,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// Which receipt a device reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    /// The message reached one of the user's devices.
+    Delivered,
+    /// The user saw the message. Read implies delivered.
+    Read,
+}
+
+/// One user's receipt watermarks in one conversation. Both only ever grow, and
+/// `delivered >= read`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipts {
+    /// Whose.
+    pub user: UserId,
+    /// Every message up to this seq reached one of the user's devices.
+    pub delivered: Seq,
+    /// The user has read every message up to this seq.
+    pub read: Seq,
+}
+
+/// A conversation as one user sees it in their list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// The user's role.
+    pub role: Role,
+    /// The seq of its latest entry.
+    pub head: Seq,
+    /// The user's delivered watermark.
+    pub delivered: Seq,
+    /// The user's read watermark.
+    pub read: Seq,
+    /// Entries after the read watermark (`head - read`).
+    pub unread: u64,
+}

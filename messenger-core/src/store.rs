@@ -1,0 +1,308 @@
+//! Requests of the message store: the log, conversations and members, receipts, last seen.
+//!
+//! The store crate (`messenger-store`) implements them on its backends; the socket crate calls
+//! them through [`StoreService`].
+
+use std::sync::Arc;
+
+use crate::service::{Handles, Operation};
+use crate::{
+    ClientMsgId, Conversation, ConversationId, ConversationSummary, Member, Message, ReceiptKind,
+    Receipts, Role, Seq, Timestamp, UserId,
+};
+
+/// Appends one entry at its already-allocated seq.
+///
+/// - Conditional: if the seq already holds another entry, the answer is a `Conflict` error and
+///   nothing is written (the caller fences its sequencer and tries again with a new seq).
+/// - Idempotent: if the conversation already holds an entry from the same sender with the same
+///   `client_msg_id`, nothing new is stored; the answer carries the original entry with
+///   `duplicate: true`, and the newly allocated seq is stored as void (so no hole is left).
+/// - Membership changes ([`crate::Body::is_membership_change`]) update the member list in the
+///   same atomic write, so the list always matches the log.
+///
+/// Answered only once the write is durable.
+///
+/// # Cancellation safety
+/// Dropping the future does not cancel the write: it may still land. Retrying with the same
+/// message is always safe.
+#[derive(Debug, Clone)]
+pub struct AppendMessage {
+    /// The entry, with its seq set.
+    pub message: Arc<Message>,
+}
+
+/// The answer to [`AppendMessage`].
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The stored entry: the one appended, or the original on a duplicate.
+    pub message: Arc<Message>,
+    /// Whether the entry was a retry of one stored before.
+    pub duplicate: bool,
+}
+
+impl Operation for AppendMessage {
+    type Response = Appended;
+    const NAME: &'static str = "append_message";
+}
+
+/// Stores a void entry at `seq` unless the seq is already taken, and returns what the seq
+/// holds afterwards (the void, or the entry that was there).
+///
+/// Readers call it for a seq that stayed missing too long, so nobody waits on a hole forever;
+/// a writer that arrives later gets a `Conflict` and retries with a new seq.
+#[derive(Debug, Clone)]
+pub struct VoidSeq {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The missing seq.
+    pub seq: Seq,
+}
+
+impl Operation for VoidSeq {
+    type Response = Arc<Message>;
+    const NAME: &'static str = "void_seq";
+}
+
+/// Looks up an entry by its sender's idempotency key.
+#[derive(Debug, Clone)]
+pub struct FindMessage {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The sender.
+    pub sender: UserId,
+    /// The sender's key.
+    pub client_msg_id: ClientMsgId,
+}
+
+impl Operation for FindMessage {
+    type Response = Option<Arc<Message>>;
+    const NAME: &'static str = "find_message";
+}
+
+/// Reads entries with `after < seq <= until`, in ascending order, at most `limit`.
+#[derive(Debug, Clone)]
+pub struct ReadRange {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Exclusive lower bound.
+    pub after: Seq,
+    /// Inclusive upper bound (`None`: up to the head).
+    pub until: Option<Seq>,
+    /// The most entries to return.
+    pub limit: usize,
+}
+
+/// Reads the latest entries with `seq < before`, returned in ascending order, at most `limit`.
+#[derive(Debug, Clone)]
+pub struct ReadBefore {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Exclusive upper bound (`None`: from the head).
+    pub before: Option<Seq>,
+    /// The most entries to return.
+    pub limit: usize,
+}
+
+/// Entries of one conversation, ascending by seq, with the conversation's head.
+#[derive(Debug, Clone, Default)]
+pub struct MessagePage {
+    /// The entries found (a range may have holes: seqs allocated but not yet stored).
+    pub messages: Vec<Arc<Message>>,
+    /// The highest stored seq of the conversation when the page was read.
+    pub head: Seq,
+}
+
+impl Operation for ReadRange {
+    type Response = MessagePage;
+    const NAME: &'static str = "read_range";
+}
+
+impl Operation for ReadBefore {
+    type Response = MessagePage;
+    const NAME: &'static str = "read_before";
+}
+
+/// The highest stored seq of a conversation (`Seq::ZERO` when empty or unknown).
+#[derive(Debug, Clone)]
+pub struct GetHead {
+    /// The conversation.
+    pub conversation: ConversationId,
+}
+
+impl Operation for GetHead {
+    type Response = Seq;
+    const NAME: &'static str = "get_head";
+}
+
+/// Creates a conversation with its members, or returns the existing one with that id
+/// (idempotent: `created` tells which).
+#[derive(Debug, Clone)]
+pub struct CreateConversation {
+    /// The conversation's facts.
+    pub conversation: Conversation,
+    /// Its first members.
+    pub members: Vec<Member>,
+}
+
+/// The answer to [`CreateConversation`].
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The conversation as stored.
+    pub conversation: Conversation,
+    /// False when it existed already.
+    pub created: bool,
+}
+
+impl Operation for CreateConversation {
+    type Response = Created;
+    const NAME: &'static str = "create_conversation";
+}
+
+/// A conversation's facts and its current members.
+#[derive(Debug, Clone)]
+pub struct GetConversation {
+    /// The conversation.
+    pub conversation: ConversationId,
+}
+
+/// The answer to [`GetConversation`].
+#[derive(Debug, Clone)]
+pub struct ConversationInfo {
+    /// Its facts.
+    pub conversation: Conversation,
+    /// Its members now.
+    pub members: Vec<Member>,
+    /// Its head.
+    pub head: Seq,
+}
+
+impl ConversationInfo {
+    /// The role of `user`, if a member.
+    pub fn role_of(&self, user: &UserId) -> Option<Role> {
+        self.members
+            .iter()
+            .find(|member| &member.user == user)
+            .map(|member| member.role)
+    }
+}
+
+impl Operation for GetConversation {
+    type Response = Option<ConversationInfo>;
+    const NAME: &'static str = "get_conversation";
+}
+
+/// Every conversation `user` is a member of, with head, watermarks and unread count.
+#[derive(Debug, Clone)]
+pub struct UserConversations {
+    /// The user.
+    pub user: UserId,
+}
+
+impl Operation for UserConversations {
+    type Response = Vec<ConversationSummary>;
+    const NAME: &'static str = "user_conversations";
+}
+
+/// Raises a user's receipt watermark (never lowers it). `Read` raises `delivered` too.
+///
+/// # Errors
+/// `InvalidRequest` when `seq` is past the conversation's head.
+#[derive(Debug, Clone)]
+pub struct UpdateReceipt {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Whose receipt.
+    pub user: UserId,
+    /// Delivered or read.
+    pub kind: ReceiptKind,
+    /// Up to which seq.
+    pub seq: Seq,
+}
+
+/// The answer to [`UpdateReceipt`].
+#[derive(Debug, Clone)]
+pub struct ReceiptUpdated {
+    /// The watermarks after the update.
+    pub receipts: Receipts,
+    /// Whether either watermark moved.
+    pub changed: bool,
+}
+
+impl Operation for UpdateReceipt {
+    type Response = ReceiptUpdated;
+    const NAME: &'static str = "update_receipt";
+}
+
+/// Every member's receipt watermarks in a conversation.
+#[derive(Debug, Clone)]
+pub struct GetReceipts {
+    /// The conversation.
+    pub conversation: ConversationId,
+}
+
+impl Operation for GetReceipts {
+    type Response = Vec<Receipts>;
+    const NAME: &'static str = "get_receipts";
+}
+
+/// Records that `user` was online at `at`; the stored value only ever grows. Returns it.
+#[derive(Debug, Clone)]
+pub struct SetLastSeen {
+    /// Who.
+    pub user: UserId,
+    /// When.
+    pub at: Timestamp,
+}
+
+impl Operation for SetLastSeen {
+    type Response = Timestamp;
+    const NAME: &'static str = "set_last_seen";
+}
+
+/// The last-seen times of `users` (`None` for a user never seen), in the order asked.
+#[derive(Debug, Clone)]
+pub struct GetLastSeen {
+    /// Whose.
+    pub users: Vec<UserId>,
+}
+
+impl Operation for GetLastSeen {
+    type Response = Vec<(UserId, Option<Timestamp>)>;
+    const NAME: &'static str = "get_last_seen";
+}
+
+/// Every store operation, as one bound: what the socket layer needs from a store.
+pub trait StoreService:
+    Handles<AppendMessage>
+    + Handles<VoidSeq>
+    + Handles<FindMessage>
+    + Handles<ReadRange>
+    + Handles<ReadBefore>
+    + Handles<GetHead>
+    + Handles<CreateConversation>
+    + Handles<GetConversation>
+    + Handles<UserConversations>
+    + Handles<UpdateReceipt>
+    + Handles<GetReceipts>
+    + Handles<SetLastSeen>
+    + Handles<GetLastSeen>
+{
+}
+
+impl<S> StoreService for S where
+    S: Handles<AppendMessage>
+        + Handles<VoidSeq>
+        + Handles<FindMessage>
+        + Handles<ReadRange>
+        + Handles<ReadBefore>
+        + Handles<GetHead>
+        + Handles<CreateConversation>
+        + Handles<GetConversation>
+        + Handles<UserConversations>
+        + Handles<UpdateReceipt>
+        + Handles<GetReceipts>
+        + Handles<SetLastSeen>
+        + Handles<GetLastSeen>
+{
+}
