@@ -54,8 +54,11 @@ impl SeqFloor for NoFloor {
 pub struct MemorySequencer<F> {
     floor: F,
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<ConversationId, Arc<Counter>>>]>,
+    shards: Box<[Shard]>,
 }
+
+/// A part of the conversation map under one lock.
+type Shard = Mutex<HashMap<ConversationId, Arc<Counter>>>;
 
 /// One conversation's counter.
 #[derive(Debug, Default)]

@@ -1,0 +1,9 @@
+//! The conformance suite on the local backend.
+
+use messenger_fanout::local::LocalFanout;
+use messenger_fanout::{Fanout, conformance};
+
+#[tokio::test]
+async fn local_passes_the_conformance_suite() {
+    conformance::run(|delivery| Fanout::new(LocalFanout::new(delivery))).await;
+}
