@@ -1,0 +1,1263 @@
+//! One WebSocket connection: hello, then frames in, events out, in seq order per conversation.
+//!
+//! [`serve_connection`] is generic over the byte stream, so tests can drive it over
+//! `tokio::io::duplex` and servers over TCP or TLS.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use messenger_core::auth::{Authenticate, Identity};
+use messenger_core::presence::{RegisterDevice, UnregisterDevice};
+use messenger_core::protocol::{
+    ClientFrame, ErrorCode, NewBody, PROTOCOL_VERSION, ServerFrame, close, decode_client_frame,
+};
+use messenger_core::store::{
+    GetReceipts, MessagePage, ReadBefore, ReadRange, SetLastSeen, UserConversations, VoidSeq,
+};
+use messenger_core::{
+    Body, ClientMsgId, ConversationId, ConversationSummary, DomainEvent, Error, Message,
+    ReceiptKind, RequestId, Role, Seq, Timestamp, UserId, call,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::{Sleep, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
+
+use crate::hub::{ConnectionHandle, Outbound};
+use crate::node::{Backends, Node, Refusal};
+
+/// How long to wait before asking the store again for a seq that is still missing.
+const HOLE_RETRY: Duration = Duration::from_millis(50);
+/// Queued items written before the connection flushes and looks at its socket again.
+const WRITE_BATCH: usize = 256;
+
+/// Serves one WebSocket connection until it closes.
+///
+/// The caller has completed the WebSocket handshake; this runs the protocol: `hello`
+/// (authentication), then frames until the peer leaves, the node shuts down or the
+/// connection breaks a limit. Never panics on input from the peer.
+pub async fn serve_connection<B, S>(node: Node<B>, mut ws: WebSocketStream<S>)
+where
+    B: Backends,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = node.config().clone();
+    let identity = match timeout(config.hello_timeout, hello(&node, &mut ws)).await {
+        Err(_) => {
+            close_with(&mut ws, close::HELLO_TIMEOUT, "no hello in time", &config).await;
+            return;
+        }
+        Ok(Err(Some((code, reason)))) => {
+            close_with(&mut ws, code, &reason, &config).await;
+            return;
+        }
+        Ok(Err(None)) => return,
+        Ok(Ok(identity)) => identity,
+    };
+
+    let (queue, outbound) = mpsc::channel(config.outbound_queue.max(16));
+    let handle = ConnectionHandle {
+        id: node.next_connection_id(),
+        device: identity.device.clone(),
+        queue,
+        overflow: Arc::new(Notify::new()),
+    };
+    node.hub().register(&identity.user, handle.clone());
+    let now = Timestamp::now();
+    let came_online = call(
+        node.services().presence(),
+        RegisterDevice {
+            user: identity.user.clone(),
+            device: identity.device.clone(),
+            node: config.node_id.clone(),
+            connection: handle.id,
+        },
+    )
+    .await
+    .unwrap_or(false);
+    let last_seen = record_last_seen(&node, &identity.user, now).await;
+    if came_online {
+        node.hub().notify_presence(&identity.user, true, last_seen);
+    }
+    node.publish(DomainEvent::DeviceConnected {
+        user: identity.user.clone(),
+        device: identity.device.clone(),
+        at: now,
+    });
+    tracing::debug!(user = %identity.user, device = %identity.device, connection = handle.id, "connected");
+
+    let sends = spawn_send_worker(node.clone(), identity.clone(), handle.clone());
+    let mut connection = Connection::new(node.clone(), identity, handle, sends);
+    let end = connection.run(&mut ws, outbound).await;
+    match end {
+        End::Close(code, reason) => close_with(&mut ws, code, &reason, &config).await,
+        End::Quiet => {}
+    }
+    connection.finish().await;
+}
+
+async fn record_last_seen<B: Backends>(
+    node: &Node<B>,
+    user: &UserId,
+    at: Timestamp,
+) -> Option<Timestamp> {
+    match call(
+        node.services().store(),
+        SetLastSeen {
+            user: user.clone(),
+            at,
+        },
+    )
+    .await
+    {
+        Ok(stored) => Some(stored),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not record last seen");
+            None
+        }
+    }
+}
+
+/// Reads the `hello` frame and authenticates. `Err(Some(close))` closes with a code;
+/// `Err(None)` means the peer went away.
+async fn hello<B, S>(
+    node: &Node<B>,
+    ws: &mut WebSocketStream<S>,
+) -> Result<Identity, Option<(u16, String)>>
+where
+    B: Backends,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    loop {
+        let text = match ws.next().await {
+            Some(Ok(tungstenite::Message::Text(text))) => text,
+            Some(Ok(tungstenite::Message::Binary(_))) => {
+                return Err(Some((close::UNSUPPORTED_DATA, "text frames only".into())));
+            }
+            Some(Ok(tungstenite::Message::Close(_))) | None => return Err(None),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => return Err(transport_close(&err)),
+        };
+        let (v, token) = match decode_client_frame(&text) {
+            Ok(ClientFrame::Hello { v, token }) => (v, token),
+            Ok(_) => {
+                return Err(Some((
+                    close::PROTOCOL_ERROR,
+                    "the first frame must be hello".into(),
+                )));
+            }
+            Err(err) => return Err(Some((close::PROTOCOL_ERROR, err.message))),
+        };
+        if v != PROTOCOL_VERSION {
+            return Err(Some((
+                close::UNSUPPORTED_VERSION,
+                format!("this server speaks protocol {PROTOCOL_VERSION}"),
+            )));
+        }
+        let identity = call(
+            node.services().auth(),
+            Authenticate {
+                token: Arc::from(token),
+            },
+        )
+        .await
+        .map_err(|err| Some((close::UNAUTHORIZED, truncate(err.message()))))?;
+        if identity
+            .expires_at
+            .is_some_and(|expiry| expiry <= Timestamp::now())
+        {
+            return Err(Some((close::TOKEN_EXPIRED, "token expired".into())));
+        }
+        let welcome = ServerFrame::Welcome {
+            v: PROTOCOL_VERSION,
+            user: identity.user.clone(),
+            device: identity.device.clone(),
+            server_time: Timestamp::now(),
+            limits: node.config().limits.clone(),
+        };
+        ws.send(tungstenite::Message::text(welcome.to_json()))
+            .await
+            .map_err(|_| None)?;
+        return Ok(identity);
+    }
+}
+
+/// A close reason must fit a control frame (123 bytes).
+fn truncate(reason: &str) -> String {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+fn transport_close(err: &tungstenite::Error) -> Option<(u16, String)> {
+    match err {
+        tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, "frame too large".into())),
+        _ => None,
+    }
+}
+
+async fn close_with<S>(
+    ws: &mut WebSocketStream<S>,
+    code: u16,
+    reason: &str,
+    config: &crate::NodeConfig,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from(truncate(reason)),
+    };
+    let _ = timeout(config.write_timeout, ws.close(Some(frame))).await;
+}
+
+/// A send waiting for its seq, in the order the device sent it.
+struct QueuedSend {
+    conversation: ConversationId,
+    client_msg_id: ClientMsgId,
+    body: Body,
+}
+
+/// Checks and sequences sends one at a time, in order, then stores them concurrently.
+fn spawn_send_worker<B: Backends>(
+    node: Node<B>,
+    identity: Identity,
+    handle: ConnectionHandle,
+) -> mpsc::Sender<QueuedSend> {
+    let (sender, mut receiver) = mpsc::channel::<QueuedSend>(node.config().send_queue.max(1));
+    tokio::spawn(async move {
+        while let Some(send) = receiver.recv().await {
+            let QueuedSend {
+                conversation,
+                client_msg_id,
+                body,
+            } = send;
+            let prepared = node
+                .prepare_send(&identity, conversation.clone(), client_msg_id.clone(), body)
+                .await;
+            match prepared {
+                Ok(Ok(pending)) => {
+                    let node = node.clone();
+                    let handle = handle.clone();
+                    tokio::spawn(async move {
+                        let frame = match node.store_pending(pending).await {
+                            Ok(stored) => sent_frame(&stored.message, stored.duplicate),
+                            Err(refusal) => send_error(conversation, client_msg_id, refusal),
+                        };
+                        handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+                    });
+                }
+                Ok(Err(stored)) => {
+                    let frame = sent_frame(&stored.message, stored.duplicate);
+                    handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+                }
+                Err(refusal) => {
+                    let frame = send_error(conversation, client_msg_id, refusal);
+                    handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+                }
+            }
+        }
+    });
+    sender
+}
+
+fn sent_frame(message: &Message, duplicate: bool) -> ServerFrame {
+    ServerFrame::Sent {
+        conversation: message.conversation.clone(),
+        client_msg_id: message.client_msg_id.clone(),
+        seq: message.seq,
+        sent_at: message.sent_at,
+        duplicate,
+    }
+}
+
+fn send_error(
+    conversation: ConversationId,
+    client_msg_id: ClientMsgId,
+    refusal: Refusal,
+) -> ServerFrame {
+    ServerFrame::Error {
+        id: None,
+        conversation: Some(conversation),
+        client_msg_id: Some(client_msg_id),
+        code: refusal.code,
+        message: refusal.message,
+        retryable: refusal.code.is_retryable(),
+    }
+}
+
+/// Why the loop ended.
+enum End {
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// The peer left or the socket broke: nothing more to send.
+    Quiet,
+}
+
+/// A log entry waiting for its turn.
+struct Held {
+    message: Arc<Message>,
+    /// The frame, when the fanout already serialized it.
+    text: Option<Utf8Bytes>,
+}
+
+/// Per-conversation delivery state of one connection.
+struct Track {
+    /// Every entry up to here was written to the device.
+    delivered: Seq,
+    /// The highest seq known to exist.
+    known_head: Seq,
+    /// Entries above `delivered + 1`, waiting for the gap to fill.
+    held: BTreeMap<Seq, Held>,
+    /// A store read is in flight.
+    fetching: bool,
+    /// Don't ask the store again before this.
+    retry_at: Option<Instant>,
+    /// When `delivered + 1` was first seen missing.
+    missing_since: Option<Instant>,
+}
+
+impl Track {
+    fn new(delivered: Seq) -> Self {
+        Self {
+            delivered,
+            known_head: delivered,
+            held: BTreeMap::new(),
+            fetching: false,
+            retry_at: None,
+            missing_since: None,
+        }
+    }
+}
+
+/// What an internal task brings back to the loop.
+enum Done {
+    /// The user's conversations, for a `sync`.
+    SyncLoaded(
+        Result<Vec<ConversationSummary>, Error>,
+        BTreeMap<ConversationId, Seq>,
+    ),
+    /// A page of entries for a gap or a backlog.
+    Fetched(ConversationId, Result<MessagePage, Error>),
+}
+
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
+struct PendingSync {
+    summaries: Vec<ConversationSummary>,
+    /// Conversations whose backlog is not yet fully written, with the head to reach.
+    remaining: HashMap<ConversationId, Seq>,
+}
+
+struct Connection<B> {
+    node: Node<B>,
+    identity: Identity,
+    handle: ConnectionHandle,
+    sends: mpsc::Sender<QueuedSend>,
+    synced: bool,
+    tracks: HashMap<ConversationId, Track>,
+    pending_sync: Option<PendingSync>,
+    tasks: FuturesUnordered<Task>,
+    hole_deadline: Option<Instant>,
+    watched: HashSet<UserId>,
+    bad_frames: u32,
+    frames: DefaultDirectRateLimiter,
+    typing: DefaultDirectRateLimiter,
+    last_inbound: Instant,
+}
+
+fn limiter(per_second: u32) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(rate))
+}
+
+impl<B: Backends> Connection<B> {
+    fn new(
+        node: Node<B>,
+        identity: Identity,
+        handle: ConnectionHandle,
+        sends: mpsc::Sender<QueuedSend>,
+    ) -> Self {
+        let limits = node.config().limits.clone();
+        Self {
+            node,
+            identity,
+            handle,
+            sends,
+            synced: false,
+            tracks: HashMap::new(),
+            pending_sync: None,
+            tasks: FuturesUnordered::new(),
+            hole_deadline: None,
+            watched: HashSet::new(),
+            bad_frames: 0,
+            frames: limiter(limits.frames_per_second),
+            typing: limiter(limits.typing_per_second),
+            last_inbound: Instant::now(),
+        }
+    }
+
+    async fn run<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        mut outbound: mpsc::Receiver<Outbound>,
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let config = self.node.config().clone();
+        let mut shutdown = self.node.inner.shutdown.subscribe();
+        let overflow = Arc::clone(&self.handle.overflow);
+        let mut ping = tokio::time::interval(config.ping_interval);
+        ping.tick().await;
+        let expiry = self.identity.expires_at.map(|at| {
+            let left = at.as_millis().saturating_sub(Timestamp::now().as_millis());
+            tokio::time::Instant::now() + Duration::from_millis(left)
+        });
+        let mut expiry_timer: std::pin::Pin<Box<Sleep>> = Box::pin(sleep_until(
+            expiry.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
+        ));
+        let mut hole_timer: std::pin::Pin<Box<Sleep>> =
+            Box::pin(sleep_until(tokio::time::Instant::now()));
+        if *shutdown.borrow_and_update() {
+            return self.reconnect_notice(ws).await;
+        }
+
+        loop {
+            if let Some(deadline) = self.hole_deadline {
+                hole_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(deadline));
+            }
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.changed() => Step::Shutdown,
+                () = overflow.notified() => Step::Overflow,
+                () = &mut expiry_timer, if expiry.is_some() => Step::Expired,
+                item = outbound.recv() => Step::Outbound(item),
+                done = self.tasks.next(), if !self.tasks.is_empty() => Step::Done(done),
+                frame = ws.next() => Step::Inbound(frame),
+                () = &mut hole_timer, if self.hole_deadline.is_some() => Step::Holes,
+                _ = ping.tick() => Step::Ping,
+            };
+            let result = match step {
+                Step::Shutdown => return self.reconnect_notice(ws).await,
+                Step::Overflow => {
+                    return End::Close(close::SLOW_CONSUMER, "outgoing queue overflowed".into());
+                }
+                Step::Expired => return End::Close(close::TOKEN_EXPIRED, "token expired".into()),
+                Step::Outbound(Some(item)) => self.outbound(ws, item).await,
+                Step::Outbound(None) => return End::Quiet,
+                Step::Done(Some(done)) => self.done(ws, done).await,
+                Step::Done(None) => Ok(()),
+                Step::Inbound(frame) => self.inbound(ws, frame).await,
+                Step::Holes => {
+                    self.hole_deadline = None;
+                    self.pump_waiting(ws).await
+                }
+                Step::Ping => {
+                    if self.last_inbound.elapsed() > config.ping_interval * 3 {
+                        return End::Quiet;
+                    }
+                    feed(ws, tungstenite::Message::Ping(Default::default()), &config).await
+                }
+            };
+            if let Err(end) = result {
+                return end;
+            }
+            // Write what else is queued, then flush once: one syscall for many frames.
+            let mut written = 0;
+            while written < WRITE_BATCH {
+                let Ok(item) = outbound.try_recv() else {
+                    break;
+                };
+                if let Err(end) = self.outbound(ws, item).await {
+                    return end;
+                }
+                written += 1;
+            }
+            match timeout(config.write_timeout, ws.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return End::Quiet,
+            }
+        }
+    }
+
+    async fn reconnect_notice<S>(&mut self, ws: &mut WebSocketStream<S>) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let frame = ServerFrame::Reconnect {
+            after_ms: 500,
+            reason: "server shutting down".into(),
+        };
+        let config = self.node.config().clone();
+        let _ = feed(ws, tungstenite::Message::text(frame.to_json()), &config).await;
+        End::Close(close::SERVICE_RESTART, "server shutting down".into())
+    }
+
+    /// Unregisters the connection everywhere and records last seen.
+    async fn finish(self) {
+        let node = self.node;
+        let user = self.identity.user;
+        node.hub().unregister(&user, self.handle.id);
+        node.hub().unwatch(self.handle.id, &self.watched);
+        let went_offline = call(
+            node.services().presence(),
+            UnregisterDevice {
+                user: user.clone(),
+                device: self.identity.device.clone(),
+                node: node.config().node_id.clone(),
+                connection: self.handle.id,
+            },
+        )
+        .await
+        .unwrap_or(false);
+        let now = Timestamp::now();
+        let last_seen = record_last_seen(&node, &user, now).await;
+        if went_offline {
+            node.hub().notify_presence(&user, false, last_seen);
+        }
+        node.publish(DomainEvent::DeviceDisconnected {
+            user: user.clone(),
+            device: self.identity.device.clone(),
+            at: now,
+        });
+        tracing::debug!(user = %user, connection = self.handle.id, "disconnected");
+    }
+
+    async fn outbound<S>(&mut self, ws: &mut WebSocketStream<S>, item: Outbound) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        match item {
+            Outbound::Frame(text) => self.write_text(ws, text).await,
+            Outbound::Entry(message, text) => {
+                let conversation = message.conversation.clone();
+                if self.hold(message, Some(text)) {
+                    self.pump(ws, &conversation).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn write_text<S>(&mut self, ws: &mut WebSocketStream<S>, text: Utf8Bytes) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let config = self.node.config().clone();
+        feed(ws, tungstenite::Message::Text(text), &config).await
+    }
+
+    async fn reply<S>(&mut self, ws: &mut WebSocketStream<S>, frame: ServerFrame) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        self.write_text(ws, Utf8Bytes::from(frame.to_json())).await
+    }
+
+    /// Takes a live or fetched entry into its conversation's track. Returns whether the track
+    /// should be pumped.
+    fn hold(&mut self, message: Arc<Message>, text: Option<Utf8Bytes>) -> bool {
+        if !self.synced {
+            // Until the device syncs, live entries are not delivered: its sync reads them
+            // from the store, so dropping them here loses nothing and duplicates nothing.
+            return false;
+        }
+        let track = self
+            .tracks
+            .entry(message.conversation.clone())
+            // A conversation first seen live (a group the user was just added to): its
+            // whole log is read from the store, from seq 0.
+            .or_insert_with(|| Track::new(Seq::ZERO));
+        if message.seq <= track.delivered {
+            return false;
+        }
+        track.known_head = track.known_head.max(message.seq);
+        track.held.entry(message.seq).or_insert(Held { message, text });
+        true
+    }
+
+    /// Writes every entry of `conversation` that is next in line; asks the store for what is
+    /// missing.
+    async fn pump<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        conversation: &ConversationId,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let config = self.node.config().clone();
+        let Some(track) = self.tracks.get_mut(conversation) else {
+            return Ok(());
+        };
+        let mut progressed = false;
+        while let Some(entry) = track.held.first_entry() {
+            let seq = *entry.key();
+            if seq <= track.delivered {
+                entry.remove();
+                continue;
+            }
+            if seq != track.delivered.next() {
+                break;
+            }
+            let held = entry.remove();
+            track.delivered = seq;
+            progressed = true;
+            let text = held.text.unwrap_or_else(|| {
+                Utf8Bytes::from(
+                    ServerFrame::Message {
+                        message: held.message,
+                    }
+                    .to_json(),
+                )
+            });
+            feed(ws, tungstenite::Message::Text(text), &config).await?;
+        }
+        if progressed {
+            track.missing_since = None;
+            track.retry_at = None;
+        }
+        let delivered = track.delivered;
+        if track.delivered < track.known_head && !track.fetching {
+            let now = Instant::now();
+            let missing_since = *track.missing_since.get_or_insert(now);
+            match track.retry_at {
+                Some(at) if at > now => {
+                    self.hole_deadline = Some(self.hole_deadline.map_or(at, |d| d.min(at)));
+                }
+                _ => {
+                    track.fetching = true;
+                    let store = self.node.services().store().clone();
+                    let conversation = conversation.clone();
+                    let until = track.known_head;
+                    let limit = config.sync_page;
+                    let void = now.duration_since(missing_since) >= config.void_after
+                        && !track.held.contains_key(&delivered.next())
+                        && missing_since != now;
+                    self.tasks.push(Box::pin(async move {
+                        let result = if void {
+                            // Missing too long: store it as void (or get what landed).
+                            call(
+                                &store,
+                                VoidSeq {
+                                    conversation: conversation.clone(),
+                                    seq: delivered.next(),
+                                },
+                            )
+                            .await
+                            .map(|message| MessagePage {
+                                head: message.seq,
+                                messages: vec![message],
+                            })
+                        } else {
+                            call(
+                                &store,
+                                ReadRange {
+                                    conversation: conversation.clone(),
+                                    after: delivered,
+                                    until: Some(until),
+                                    limit,
+                                },
+                            )
+                            .await
+                        };
+                        Done::Fetched(conversation, result)
+                    }));
+                }
+            }
+        }
+        self.check_synced(ws, conversation).await
+    }
+
+    async fn pump_waiting<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let now = Instant::now();
+        let due: Vec<ConversationId> = self
+            .tracks
+            .iter()
+            .filter(|(_, track)| {
+                !track.fetching
+                    && track.delivered < track.known_head
+                    && track.retry_at.is_some_and(|at| at <= now)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for conversation in due {
+            self.pump(ws, &conversation).await?;
+        }
+        Ok(())
+    }
+
+    async fn check_synced<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        conversation: &ConversationId,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Some(pending) = &mut self.pending_sync else {
+            return Ok(());
+        };
+        let delivered = self
+            .tracks
+            .get(conversation)
+            .map_or(Seq::ZERO, |track| track.delivered);
+        if pending
+            .remaining
+            .get(conversation)
+            .is_some_and(|target| delivered >= *target)
+        {
+            pending.remaining.remove(conversation);
+        }
+        if pending.remaining.is_empty() {
+            if let Some(pending) = self.pending_sync.take() {
+                let frame = ServerFrame::Synced {
+                    conversations: pending.summaries,
+                };
+                self.reply(ws, frame).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn done<S>(&mut self, ws: &mut WebSocketStream<S>, done: Done) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        match done {
+            Done::SyncLoaded(Ok(summaries), cursors) => {
+                self.synced = true;
+                let mut remaining = HashMap::new();
+                let mut ids = Vec::with_capacity(summaries.len());
+                for summary in &summaries {
+                    let id = summary.conversation.id.clone();
+                    let cursor = cursors
+                        .get(&id)
+                        .copied()
+                        .unwrap_or(Seq::ZERO)
+                        .min(summary.head);
+                    let track = self.tracks.entry(id.clone()).or_insert_with(|| Track::new(cursor));
+                    track.delivered = cursor;
+                    track.known_head = track.known_head.max(summary.head);
+                    track.retry_at = None;
+                    track.missing_since = None;
+                    if summary.head > cursor {
+                        remaining.insert(id.clone(), summary.head);
+                    }
+                    ids.push(id);
+                }
+                self.pending_sync = Some(PendingSync {
+                    summaries,
+                    remaining,
+                });
+                for id in &ids {
+                    self.pump(ws, id).await?;
+                }
+                if let Some(first) = ids.first() {
+                    self.check_synced(ws, first).await
+                } else {
+                    self.check_synced(ws, &placeholder_conversation()).await
+                }
+            }
+            Done::SyncLoaded(Err(err), _) => {
+                let refusal = Refusal::from(err);
+                self.reply(ws, ServerFrame::error(None, refusal.code, refusal.message))
+                    .await
+            }
+            Done::Fetched(conversation, result) => {
+                let Some(track) = self.tracks.get_mut(&conversation) else {
+                    return Ok(());
+                };
+                track.fetching = false;
+                match result {
+                    Ok(page) => {
+                        track.known_head = track.known_head.max(page.head);
+                        for message in page.messages {
+                            if message.seq > track.delivered {
+                                track.held.entry(message.seq).or_insert(Held {
+                                    message,
+                                    text: None,
+                                });
+                            }
+                        }
+                        if !track.held.contains_key(&track.delivered.next()) {
+                            track.retry_at = Some(Instant::now() + HOLE_RETRY);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, %conversation, "store read for delivery failed");
+                        track.retry_at = Some(Instant::now() + HOLE_RETRY * 10);
+                    }
+                }
+                self.pump(ws, &conversation).await
+            }
+        }
+    }
+
+    async fn inbound<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        frame: Option<Result<tungstenite::Message, tungstenite::Error>>,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        self.last_inbound = Instant::now();
+        let text = match frame {
+            Some(Ok(tungstenite::Message::Text(text))) => text,
+            Some(Ok(tungstenite::Message::Binary(_))) => {
+                return Err(End::Close(close::UNSUPPORTED_DATA, "text frames only".into()));
+            }
+            Some(Ok(tungstenite::Message::Close(_))) | None => return Err(End::Quiet),
+            Some(Ok(_)) => return Ok(()),
+            Some(Err(err)) => {
+                return Err(match transport_close(&err) {
+                    Some((code, reason)) => End::Close(code, reason),
+                    None => End::Quiet,
+                });
+            }
+        };
+        let frame = match decode_client_frame(&text) {
+            Ok(frame) => frame,
+            Err(err) => {
+                self.bad_frames += 1;
+                if self.bad_frames >= self.node.config().max_bad_frames {
+                    return Err(End::Close(close::TOO_MANY_ERRORS, "too many bad frames".into()));
+                }
+                return self
+                    .reply(ws, ServerFrame::error(err.id, err.code, err.message))
+                    .await;
+            }
+        };
+        self.bad_frames = 0;
+        if self.frames.check().is_err() {
+            let id = frame.request_id().cloned();
+            return self
+                .reply(
+                    ws,
+                    ServerFrame::error(id, ErrorCode::RateLimited, "too many frames; slow down"),
+                )
+                .await;
+        }
+        self.handle_frame(ws, frame).await
+    }
+
+    /// Runs a request off the loop; its answer (or error) comes back through the queue.
+    fn spawn_request<F>(&self, id: Option<RequestId>, work: F)
+    where
+        F: std::future::Future<Output = Result<ServerFrame, Refusal>> + Send + 'static,
+    {
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let frame = match work.await {
+                Ok(frame) => frame,
+                Err(refusal) => ServerFrame::error(id, refusal.code, refusal.message),
+            };
+            handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+        });
+    }
+
+    async fn handle_frame<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        frame: ClientFrame,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let limits = self.node.config().limits.clone();
+        let node = self.node.clone();
+        let me = self.identity.clone();
+        match frame {
+            ClientFrame::Hello { .. } => {
+                self.reply(
+                    ws,
+                    ServerFrame::error(None, ErrorCode::NotAuthenticated, "already authenticated"),
+                )
+                .await
+            }
+            ClientFrame::Sync { cursors } => {
+                let store = node.services().store().clone();
+                let user = me.user.clone();
+                self.tasks.push(Box::pin(async move {
+                    let result = call(&store, UserConversations { user }).await;
+                    Done::SyncLoaded(result, cursors)
+                }));
+                Ok(())
+            }
+            ClientFrame::Send {
+                conversation,
+                client_msg_id,
+                body,
+            } => {
+                let body = match body {
+                    NewBody::Text { text } => {
+                        if text.len() > limits.max_text_bytes {
+                            Err(Refusal::new(
+                                ErrorCode::TooLarge,
+                                format!("text is {} bytes; the limit is {}", text.len(), limits.max_text_bytes),
+                            ))
+                        } else if text.trim().is_empty() {
+                            Err(Refusal::new(ErrorCode::InvalidRequest, "text must not be empty"))
+                        } else {
+                            Ok(Body::Text { text })
+                        }
+                    }
+                    _ => Err(Refusal::new(ErrorCode::InvalidRequest, "unsupported body")),
+                };
+                let refusal = match body {
+                    Ok(body) => match self.sends.try_send(QueuedSend {
+                        conversation: conversation.clone(),
+                        client_msg_id: client_msg_id.clone(),
+                        body,
+                    }) {
+                        Ok(()) => return Ok(()),
+                        Err(_) => Refusal::new(
+                            ErrorCode::Overloaded,
+                            "too many sends in flight on this connection",
+                        ),
+                    },
+                    Err(refusal) => refusal,
+                };
+                self.reply(ws, send_error(conversation, client_msg_id, refusal))
+                    .await
+            }
+            ClientFrame::Delivered { conversation, seq } => {
+                self.receipt(conversation, ReceiptKind::Delivered, seq);
+                Ok(())
+            }
+            ClientFrame::Read { conversation, seq } => {
+                self.receipt(conversation, ReceiptKind::Read, seq);
+                Ok(())
+            }
+            ClientFrame::Typing {
+                conversation,
+                active,
+            } => {
+                if self.typing.check().is_ok() {
+                    let handle = self.handle.clone();
+                    tokio::spawn(async move {
+                        if let Err(refusal) = node.typing(&me, conversation.clone(), active).await {
+                            let frame = ServerFrame::Error {
+                                id: None,
+                                conversation: Some(conversation),
+                                client_msg_id: None,
+                                code: refusal.code,
+                                message: refusal.message,
+                                retryable: false,
+                            };
+                            handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+                        }
+                    });
+                }
+                Ok(())
+            }
+            ClientFrame::OpenDirect { id, user } => {
+                let request = id.clone();
+                self.spawn_request(id, async move {
+                    match node.open_direct(&me, user).await? {
+                        ServerFrame::Conversation {
+                            conversation,
+                            members,
+                            head,
+                            ..
+                        } => Ok(ServerFrame::Conversation {
+                            id: request,
+                            conversation,
+                            members,
+                            head,
+                        }),
+                        other => Ok(other),
+                    }
+                });
+                Ok(())
+            }
+            ClientFrame::CreateGroup { id, title, members } => {
+                let request = id.clone();
+                self.spawn_request(id, async move {
+                    let conversation = node.create_group(&me, title, members).await?;
+                    node.conversation_frame(request, &conversation).await
+                });
+                Ok(())
+            }
+            ClientFrame::AddMembers {
+                id,
+                conversation,
+                users,
+                role,
+            } => {
+                let request = id.clone();
+                self.spawn_request(id, async move {
+                    let role = role.unwrap_or(Role::Member);
+                    let seq = node.add_members(&me, &conversation, users, role).await?;
+                    Ok(changed(request, conversation, seq))
+                });
+                Ok(())
+            }
+            ClientFrame::RemoveMember {
+                id,
+                conversation,
+                user,
+            } => {
+                let request = id.clone();
+                self.spawn_request(id, async move {
+                    let seq = node.remove_member(&me, &conversation, user).await?;
+                    Ok(changed(request, conversation, seq))
+                });
+                Ok(())
+            }
+            ClientFrame::Leave { id, conversation } => {
+                let request = id.clone();
+                self.spawn_request(id, async move {
+                    let seq = node.leave(&me, &conversation).await?;
+                    Ok(changed(request, conversation, seq))
+                });
+                Ok(())
+            }
+            ClientFrame::SetRole {
+                id,
+                conversation,
+                user,
+                role,
+            } => {
+                let request = id.clone();
+                self.spawn_request(id, async move {
+                    let seq = node.set_role(&me, &conversation, user, role).await?;
+                    Ok(changed(request, conversation, seq))
+                });
+                Ok(())
+            }
+            ClientFrame::History {
+                id,
+                conversation,
+                after,
+                before,
+                limit,
+            } => {
+                let request = id.clone();
+                let limit = limit
+                    .unwrap_or(limits.max_history_limit)
+                    .clamp(1, limits.max_history_limit);
+                self.spawn_request(id, async move {
+                    node.membership(&conversation, &me.user).await?;
+                    let store = node.services().store();
+                    let page = match after {
+                        Some(after) => {
+                            call(
+                                store,
+                                ReadRange {
+                                    conversation: conversation.clone(),
+                                    after,
+                                    until: None,
+                                    limit,
+                                },
+                            )
+                            .await?
+                        }
+                        None => {
+                            call(
+                                store,
+                                ReadBefore {
+                                    conversation: conversation.clone(),
+                                    before,
+                                    limit,
+                                },
+                            )
+                            .await?
+                        }
+                    };
+                    Ok(ServerFrame::History {
+                        id: request,
+                        conversation,
+                        messages: page.messages,
+                        head: page.head,
+                    })
+                });
+                Ok(())
+            }
+            ClientFrame::Conversations { id } => {
+                let request = id.clone();
+                self.spawn_request(id, async move {
+                    let conversations =
+                        call(node.services().store(), UserConversations { user: me.user }).await?;
+                    Ok(ServerFrame::Conversations {
+                        id: request,
+                        conversations,
+                    })
+                });
+                Ok(())
+            }
+            ClientFrame::Members { id, conversation } => {
+                let request = id.clone();
+                self.spawn_request(id, async move {
+                    node.membership(&conversation, &me.user).await?;
+                    node.conversation_frame(request, &conversation).await
+                });
+                Ok(())
+            }
+            ClientFrame::Receipts { id, conversation } => {
+                let request = id.clone();
+                self.spawn_request(id, async move {
+                    node.membership(&conversation, &me.user).await?;
+                    let receipts = call(
+                        node.services().store(),
+                        GetReceipts {
+                            conversation: conversation.clone(),
+                        },
+                    )
+                    .await?;
+                    Ok(ServerFrame::Receipts {
+                        id: request,
+                        conversation,
+                        receipts,
+                    })
+                });
+                Ok(())
+            }
+            ClientFrame::LastSeen { id, users } => {
+                if let Err(refusal) = check_user_count(&users, limits.max_users_per_request) {
+                    return self.reply(ws, ServerFrame::error(id, refusal.code, refusal.message)).await;
+                }
+                let request = id.clone();
+                self.spawn_request(id, async move {
+                    let users = node.presence_of(users).await?;
+                    Ok(ServerFrame::LastSeen { id: request, users })
+                });
+                Ok(())
+            }
+            ClientFrame::SubscribePresence { id, users } => {
+                if let Err(refusal) = check_user_count(&users, limits.max_users_per_request) {
+                    return self.reply(ws, ServerFrame::error(id, refusal.code, refusal.message)).await;
+                }
+                if self.watched.len() + users.len() > limits.max_users_per_request * 4 {
+                    return self
+                        .reply(
+                            ws,
+                            ServerFrame::error(
+                                id,
+                                ErrorCode::TooLarge,
+                                "too many presence subscriptions on this connection",
+                            ),
+                        )
+                        .await;
+                }
+                self.node.hub().watch(&self.handle, &users);
+                self.watched.extend(users.iter().cloned());
+                self.reply(ws, ServerFrame::Ok { id }).await?;
+                let handle = self.handle.clone();
+                tokio::spawn(async move {
+                    if let Ok(states) = node.presence_of(users).await {
+                        for state in states {
+                            let frame = ServerFrame::Presence {
+                                user: state.user,
+                                online: state.online,
+                                last_seen: state.last_seen,
+                            };
+                            handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+                        }
+                    }
+                });
+                Ok(())
+            }
+            ClientFrame::UnsubscribePresence { id, users } => {
+                let users: HashSet<UserId> = users.into_iter().collect();
+                self.node.hub().unwatch(self.handle.id, &users);
+                self.watched.retain(|user| !users.contains(user));
+                self.reply(ws, ServerFrame::Ok { id }).await
+            }
+            ClientFrame::Ping { id } => self.reply(ws, ServerFrame::Pong { id }).await,
+            _ => {
+                self.reply(
+                    ws,
+                    ServerFrame::error(None, ErrorCode::UnknownType, "unsupported frame"),
+                )
+                .await
+            }
+        }
+    }
+
+    fn receipt(&self, conversation: ConversationId, kind: ReceiptKind, seq: Seq) {
+        let node = self.node.clone();
+        let me = self.identity.clone();
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            if let Err(refusal) = node
+                .update_receipt(&me, conversation.clone(), kind, seq)
+                .await
+            {
+                let frame = ServerFrame::Error {
+                    id: None,
+                    conversation: Some(conversation),
+                    client_msg_id: None,
+                    code: refusal.code,
+                    message: refusal.message,
+                    retryable: refusal.code.is_retryable(),
+                };
+                handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+            }
+        });
+    }
+}
+
+fn placeholder_conversation() -> ConversationId {
+    ConversationId::new("none").unwrap_or_else(|_| unreachable!("a valid literal id"))
+}
+
+fn changed(id: Option<RequestId>, conversation: ConversationId, seq: Seq) -> ServerFrame {
+    ServerFrame::Changed {
+        id,
+        conversation,
+        seq,
+    }
+}
+
+fn check_user_count(users: &[UserId], max: usize) -> Result<(), Refusal> {
+    if users.len() > max {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!("at most {max} users per request"),
+        ));
+    }
+    Ok(())
+}
+
+enum Step {
+    Shutdown,
+    Overflow,
+    Expired,
+    Outbound(Option<Outbound>),
+    Done(Option<Done>),
+    Inbound(Option<Result<tungstenite::Message, tungstenite::Error>>),
+    Holes,
+    Ping,
+}
+
+async fn feed<S>(
+    ws: &mut WebSocketStream<S>,
+    message: tungstenite::Message,
+    config: &crate::NodeConfig,
+) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    match timeout(config.write_timeout, ws.feed(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(End::Quiet),
+    }
+}
