@@ -1,0 +1,405 @@
+//! The committer thread: the only writer, committing concurrent writes together.
+//!
+//! Writes arrive on a channel, each with a reply channel. The committer takes everything
+//! pending (up to `max_batch`), applies each write under its own SAVEPOINT inside one
+//! transaction (a failing write is rolled back alone), COMMITs once — one fsync for the whole
+//! batch — and only then replies. A caller therefore never hears "ok" for a write that is not
+//! durable.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use messenger_core::store::{
+    Appended, CreateConversation, Created, ReceiptUpdated, SetLastSeen, UpdateReceipt, VoidSeq,
+};
+use messenger_core::{Body, Message, ReceiptKind, Receipts, Role, Seq, Timestamp};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{self, to_sql};
+use super::error::EmbeddedError;
+
+/// One write for the committer.
+#[derive(Debug)]
+pub(crate) enum WriteOp {
+    Append(Arc<Message>),
+    Void(VoidSeq),
+    CreateConversation(CreateConversation),
+    UpdateReceipt(UpdateReceipt),
+    SetLastSeen(SetLastSeen),
+}
+
+/// The outcome of one write, sent once its transaction committed.
+#[derive(Debug)]
+pub(crate) enum Written {
+    Appended(Appended),
+    Voided(Arc<Message>),
+    Created(Created),
+    ReceiptUpdated(ReceiptUpdated),
+    LastSeen(Timestamp),
+}
+
+/// A write with the channel its outcome goes back on.
+#[derive(Debug)]
+pub(crate) struct WriteRequest {
+    pub(crate) op: WriteOp,
+    pub(crate) reply: oneshot::Sender<Result<Written, EmbeddedError>>,
+}
+
+/// How the committer commits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CommitPolicy {
+    pub(crate) max_batch: usize,
+    pub(crate) group_commit: bool,
+}
+
+/// The committer's loop; returns when every sender is gone.
+pub(crate) fn run(
+    mut conn: Connection,
+    mut requests: mpsc::Receiver<WriteRequest>,
+    policy: CommitPolicy,
+) {
+    let max_batch = policy.max_batch.max(1);
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = requests.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        // A panic here would be a bug; it must not take the store down with it. The batch's
+        // reply senders are dropped by the unwinding, so its callers get `Unavailable`, and
+        // the transaction rolls back when it is dropped.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if policy.group_commit {
+                commit_batch(&mut conn, batch.drain(..));
+            } else {
+                for request in batch.drain(..) {
+                    commit_batch(&mut conn, std::iter::once(request));
+                }
+            }
+        }));
+        if outcome.is_err() {
+            tracing::error!("the store's committer recovered from a panic; its batch failed");
+            batch.clear();
+        }
+    }
+    tracing::debug!("the store's committer stops: every handle is gone");
+}
+
+/// Applies `requests` in one transaction, one savepoint each, commits, then replies.
+fn commit_batch(conn: &mut Connection, requests: impl Iterator<Item = WriteRequest>) {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(err) => {
+            let err = Arc::new(err);
+            for request in requests {
+                let _ = request
+                    .reply
+                    .send(Err(EmbeddedError::BatchFailed(Arc::clone(&err))));
+            }
+            return;
+        }
+    };
+    let now = Timestamp::now();
+    let mut outcomes = Vec::new();
+    for request in requests {
+        let outcome = match tx.savepoint() {
+            Ok(savepoint) => match apply(&savepoint, &request.op, now) {
+                Ok(written) => savepoint
+                    .commit()
+                    .map(|()| written)
+                    .map_err(EmbeddedError::from),
+                // Dropping the savepoint rolls back whatever the failed write did.
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err.into()),
+        };
+        outcomes.push((request.reply, outcome));
+    }
+    match tx.commit() {
+        Ok(()) => {
+            for (reply, outcome) in outcomes {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "the store could not commit a batch of writes");
+            let err = Arc::new(err);
+            for (reply, outcome) in outcomes {
+                let outcome = outcome.and(Err(EmbeddedError::BatchFailed(Arc::clone(&err))));
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+fn apply(conn: &Connection, op: &WriteOp, now: Timestamp) -> Result<Written, EmbeddedError> {
+    match op {
+        WriteOp::Append(message) => append(conn, message).map(Written::Appended),
+        WriteOp::Void(request) => void_seq(conn, request, now).map(Written::Voided),
+        WriteOp::CreateConversation(request) => {
+            create_conversation(conn, request).map(Written::Created)
+        }
+        WriteOp::UpdateReceipt(request) => {
+            update_receipt(conn, request).map(Written::ReceiptUpdated)
+        }
+        WriteOp::SetLastSeen(request) => set_last_seen(conn, request).map(Written::LastSeen),
+    }
+}
+
+/// Inserts `message` unless its seq is taken; true when inserted.
+fn insert_message(conn: &Connection, message: &Message) -> Result<bool, EmbeddedError> {
+    let body = serde_json::to_string(&message.body)?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO messages \
+             (conversation, seq, sender, sender_device, client_msg_id, sent_at, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (conversation, seq) DO NOTHING",
+        )?
+        .execute(params![
+            message.conversation.as_str(),
+            to_sql("seq", message.seq.get())?,
+            message.sender.as_str(),
+            message.sender_device.as_str(),
+            message.client_msg_id.as_str(),
+            to_sql("sent_at", message.sent_at.as_millis())?,
+            body,
+        ])?;
+    if inserted == 1 {
+        raise_head(conn, message.conversation.as_str(), message.seq)?;
+    }
+    Ok(inserted == 1)
+}
+
+fn raise_head(conn: &Connection, conversation: &str, seq: Seq) -> Result<(), EmbeddedError> {
+    conn.prepare_cached(
+        "INSERT INTO heads (conversation, head) VALUES (?1, ?2) \
+         ON CONFLICT (conversation) DO UPDATE SET head = max(head, excluded.head)",
+    )?
+    .execute(params![conversation, to_sql("seq", seq.get())?])?;
+    Ok(())
+}
+
+fn append(conn: &Connection, message: &Arc<Message>) -> Result<Appended, EmbeddedError> {
+    if message.seq == Seq::ZERO {
+        return Err(EmbeddedError::OutOfRange {
+            what: "seq",
+            value: 0,
+        });
+    }
+    let conversation = message.conversation.as_str();
+    if let Some(original) = codec::message_by_key(
+        conn,
+        conversation,
+        message.sender.as_str(),
+        message.client_msg_id.as_str(),
+    )? {
+        if original.seq != message.seq {
+            // The retry was given a new seq: fill it with a void so no hole is left.
+            let void = Message::void(message.conversation.clone(), message.seq, message.sent_at);
+            insert_message(conn, &void)?;
+        }
+        return Ok(Appended {
+            message: Arc::new(original),
+            duplicate: true,
+        });
+    }
+    if !insert_message(conn, message)? {
+        return Err(EmbeddedError::SeqTaken {
+            conversation: message.conversation.clone(),
+            seq: message.seq,
+        });
+    }
+    project_membership(conn, message)?;
+    Ok(Appended {
+        message: Arc::clone(message),
+        duplicate: false,
+    })
+}
+
+/// Keeps `members` in step with the membership changes of the log.
+fn project_membership(conn: &Connection, message: &Message) -> Result<(), EmbeddedError> {
+    let conversation = message.conversation.as_str();
+    match &message.body {
+        Body::GroupCreated { members, .. } => {
+            let mut upsert = conn.prepare_cached(
+                "INSERT INTO members (conversation, user, role) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (conversation, user) DO UPDATE SET role = excluded.role",
+            )?;
+            for member in members {
+                upsert.execute(params![
+                    conversation,
+                    member.user.as_str(),
+                    member.role.as_str()
+                ])?;
+            }
+        }
+        Body::MembersAdded { users, role } => {
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO members (conversation, user, role) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (conversation, user) DO NOTHING",
+            )?;
+            for user in users {
+                insert.execute(params![conversation, user.as_str(), role.as_str()])?;
+            }
+        }
+        Body::MemberRemoved { user } => remove_member(conn, conversation, user.as_str())?,
+        Body::MemberLeft => remove_member(conn, conversation, message.sender.as_str())?,
+        Body::RoleChanged { user, role } => {
+            if *role == Role::Owner {
+                conn.prepare_cached(
+                    "UPDATE members SET role = ?3 \
+                     WHERE conversation = ?1 AND user <> ?2 AND role = ?4",
+                )?
+                .execute(params![
+                    conversation,
+                    user.as_str(),
+                    Role::Admin.as_str(),
+                    Role::Owner.as_str()
+                ])?;
+            }
+            conn.prepare_cached(
+                "UPDATE members SET role = ?3 WHERE conversation = ?1 AND user = ?2",
+            )?
+            .execute(params![conversation, user.as_str(), role.as_str()])?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn remove_member(conn: &Connection, conversation: &str, user: &str) -> Result<(), EmbeddedError> {
+    conn.prepare_cached("DELETE FROM members WHERE conversation = ?1 AND user = ?2")?
+        .execute(params![conversation, user])?;
+    Ok(())
+}
+
+fn void_seq(
+    conn: &Connection,
+    request: &VoidSeq,
+    now: Timestamp,
+) -> Result<Arc<Message>, EmbeddedError> {
+    let seq = to_sql("seq", request.seq.get())?;
+    if seq == 0 {
+        return Err(EmbeddedError::OutOfRange {
+            what: "seq",
+            value: 0,
+        });
+    }
+    let void = Message::void(request.conversation.clone(), request.seq, now);
+    insert_message(conn, &void)?;
+    codec::message_at(conn, request.conversation.as_str(), seq)?
+        .map(Arc::new)
+        .ok_or_else(|| EmbeddedError::Corrupt(format!("seq {seq} vanished after its void")))
+}
+
+fn create_conversation(
+    conn: &Connection,
+    request: &CreateConversation,
+) -> Result<Created, EmbeddedError> {
+    let facts = &request.conversation;
+    if let Some(existing) = codec::conversation(conn, facts.id.as_str())? {
+        return Ok(Created {
+            conversation: existing,
+            created: false,
+        });
+    }
+    conn.prepare_cached(
+        "INSERT INTO conversations (id, kind, title, created_by, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        facts.id.as_str(),
+        facts.kind.as_str(),
+        facts.title.as_deref(),
+        facts.created_by.as_str(),
+        to_sql("created_at", facts.created_at.as_millis())?,
+    ])?;
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO members (conversation, user, role) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (conversation, user) DO UPDATE SET role = excluded.role",
+    )?;
+    for member in &request.members {
+        upsert.execute(params![
+            facts.id.as_str(),
+            member.user.as_str(),
+            member.role.as_str()
+        ])?;
+    }
+    Ok(Created {
+        conversation: facts.clone(),
+        created: true,
+    })
+}
+
+fn update_receipt(
+    conn: &Connection,
+    request: &UpdateReceipt,
+) -> Result<ReceiptUpdated, EmbeddedError> {
+    let conversation = request.conversation.as_str();
+    let head = codec::head(conn, conversation)?;
+    if request.seq > head {
+        return Err(EmbeddedError::PastHead {
+            conversation: request.conversation.clone(),
+            seq: request.seq,
+            head,
+        });
+    }
+    let stored: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT delivered, read FROM receipts WHERE conversation = ?1 AND user = ?2",
+        )?
+        .query_row(params![conversation, request.user.as_str()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    let (delivered, read) = match stored {
+        Some((delivered, read)) => (codec::seq_from_sql(delivered)?, codec::seq_from_sql(read)?),
+        None => (Seq::ZERO, Seq::ZERO),
+    };
+    let new_read = match request.kind {
+        ReceiptKind::Read => read.max(request.seq),
+        ReceiptKind::Delivered => read,
+    };
+    // Read implies delivered.
+    let new_delivered = delivered.max(request.seq).max(new_read);
+    let changed = new_delivered != delivered || new_read != read;
+    if changed {
+        conn.prepare_cached(
+            "INSERT INTO receipts (conversation, user, delivered, read) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (conversation, user) \
+             DO UPDATE SET delivered = excluded.delivered, read = excluded.read",
+        )?
+        .execute(params![
+            conversation,
+            request.user.as_str(),
+            to_sql("seq", new_delivered.get())?,
+            to_sql("seq", new_read.get())?,
+        ])?;
+    }
+    Ok(ReceiptUpdated {
+        receipts: Receipts {
+            user: request.user.clone(),
+            delivered: new_delivered,
+            read: new_read,
+        },
+        changed,
+    })
+}
+
+fn set_last_seen(conn: &Connection, request: &SetLastSeen) -> Result<Timestamp, EmbeddedError> {
+    let at: i64 = conn
+        .prepare_cached(
+            "INSERT INTO last_seen (user, at) VALUES (?1, ?2) \
+             ON CONFLICT (user) DO UPDATE SET at = max(at, excluded.at) RETURNING at",
+        )?
+        .query_row(
+            params![request.user.as_str(), to_sql("at", request.at.as_millis())?],
+            |row| row.get(0),
+        )?;
+    Ok(Timestamp(codec::from_sql("at", at)?))
+}
