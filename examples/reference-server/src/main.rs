@@ -65,6 +65,14 @@ struct Args {
     #[arg(long, env = "MESSENGER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     drain_timeout_ms: u64,
 
+    /// How long a new connection may take to send `hello`, in milliseconds.
+    #[arg(long, env = "MESSENGER_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
+    hello_timeout_ms: u64,
+
+    /// Frames queued per connection before it is closed as a slow consumer.
+    #[arg(long, env = "MESSENGER_OUTBOUND_QUEUE", default_value_t = 4096)]
+    outbound_queue: usize,
+
     /// Log format.
     #[arg(long, env = "MESSENGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -147,6 +155,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = NodeConfig::default();
     config.node_id = Arc::from(args.node_id.as_str());
+    config.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
+    config.outbound_queue = args.outbound_queue;
     let bus = EventBus::new(4096);
     let services = Services {
         store,
