@@ -302,8 +302,12 @@ fn online_text(online: bool, last_seen: Option<Timestamp>) -> String {
     }
     match last_seen {
         Some(at) => {
-            let ago = Timestamp::now().as_millis().saturating_sub(at.as_millis());
-            format!("was last seen {:?} ago", Duration::from_secs(ago / 1000))
+            let ago = Timestamp::now().as_millis().saturating_sub(at.as_millis()) / 1000;
+            if ago == 0 {
+                "was last seen just now".into()
+            } else {
+                format!("was last seen {:?} ago", Duration::from_secs(ago))
+            }
         }
         None => "has never been seen".into(),
     }
