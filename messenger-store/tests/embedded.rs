@@ -24,3 +24,72 @@ async fn conformance_without_group_commit() {
     let dir = tempfile::tempdir().expect("a temp dir");
     conformance::run_all(&open(&dir, false)).await;
 }
+
+mod embedded_only {
+    use std::sync::Arc;
+
+    use messenger_core::sequencer::SeqFloor;
+    use messenger_core::store::{AppendMessage, GetHead};
+    use messenger_core::{ConversationId, ErrorKind, Message, Seq, Timestamp, call};
+    use messenger_store::Store;
+    use messenger_store::embedded::EmbeddedStore;
+
+    #[tokio::test]
+    async fn reopening_keeps_the_log_and_the_schema() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("messages.db");
+        let chat = ConversationId::new("g:reopen").expect("id");
+        {
+            let store = Store::new(EmbeddedStore::open(&path).expect("open"));
+            let void = Message::void(chat.clone(), Seq(3), Timestamp(1));
+            call(
+                &store,
+                AppendMessage {
+                    message: Arc::new(void),
+                },
+            )
+            .await
+            .expect("append");
+            assert_eq!(store.floor(&chat).await.expect("floor"), Seq(3));
+        }
+        // Migrations run again at open and find nothing to do; the data is there.
+        let store = Store::new(EmbeddedStore::open(&path).expect("reopen"));
+        let head = call(
+            &store,
+            GetHead {
+                conversation: chat.clone(),
+            },
+        )
+        .await
+        .expect("head");
+        assert_eq!(head, Seq(3));
+        assert_eq!(store.backend().path(), path);
+    }
+
+    #[tokio::test]
+    async fn seq_zero_is_refused_with_the_backend_named() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::new(EmbeddedStore::open(dir.path().join("m.db")).expect("open"));
+        let chat = ConversationId::new("g:zero").expect("id");
+        let void = Message::void(chat, Seq::ZERO, Timestamp(1));
+        let err = call(
+            &store,
+            AppendMessage {
+                message: Arc::new(void),
+            },
+        )
+        .await
+        .expect_err("seq 0 means nothing");
+        assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+        assert_eq!(err.backend(), Some("embedded"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("garbage.db");
+        std::fs::write(&path, vec![0x5a; 8192]).expect("write");
+        let err = EmbeddedStore::open(&path).expect_err("not a database");
+        assert_eq!(err.backend(), Some("embedded"));
+    }
+}
