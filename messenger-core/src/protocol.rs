@@ -483,7 +483,9 @@ pub struct Limits {
     pub max_users_per_request: usize,
     /// Most `typing` frames per second per connection (excess ones are dropped).
     pub typing_per_second: u32,
-    /// Most frames per second per connection before frames are refused with `rate_limited`.
+    /// Frames per second the server reads from one connection (bursts of five times as
+    /// many are read at once). A faster device is read more slowly: TCP backpressure, no
+    /// error, nothing lost.
     pub frames_per_second: u32,
 }
 

@@ -376,9 +376,10 @@ struct Connection<B> {
     last_inbound: Instant,
 }
 
-fn limiter(per_second: u32) -> DefaultDirectRateLimiter {
+fn limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
     let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct(Quota::per_second(rate))
+    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
 }
 
 impl<B: Backends> Connection<B> {
@@ -401,8 +402,8 @@ impl<B: Backends> Connection<B> {
             hole_deadline: None,
             watched: HashSet::new(),
             bad_frames: 0,
-            frames: limiter(limits.frames_per_second),
-            typing: limiter(limits.typing_per_second),
+            frames: limiter(limits.frames_per_second, limits.frames_per_second.saturating_mul(5)),
+            typing: limiter(limits.typing_per_second, limits.typing_per_second),
             last_inbound: Instant::now(),
         }
     }
@@ -846,15 +847,9 @@ impl<B: Backends> Connection<B> {
             }
         };
         self.bad_frames = 0;
-        if self.frames.check().is_err() {
-            let id = frame.request_id().cloned();
-            return self
-                .reply(
-                    ws,
-                    ServerFrame::error(id, ErrorCode::RateLimited, "too many frames; slow down"),
-                )
-                .await;
-        }
+        // Pacing, not refusal: a device over its frame rate is simply read more slowly, and
+        // TCP backpressure slows it down. Nothing it sent is lost.
+        self.frames.until_ready().await;
         self.handle_frame(ws, frame).await
     }
 
