@@ -140,7 +140,9 @@ impl Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("Error");
-        debug.field("kind", &self.kind).field("message", &self.message);
+        debug
+            .field("kind", &self.kind)
+            .field("message", &self.message);
         if let Some(backend) = self.backend {
             debug.field("backend", &backend);
         }

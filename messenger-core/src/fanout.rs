@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::UserId;
 use crate::event::Event;
 use crate::service::{Handles, Operation};
-use crate::UserId;
 
 /// Delivers `event` to every online device of `recipients`.
 #[derive(Debug, Clone)]

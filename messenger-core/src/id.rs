@@ -320,7 +320,10 @@ mod tests {
             UserId::new("al ice"),
             Err(InvalidId::BadCharacter { .. })
         ));
-        assert!(UserId::new("a:b").is_err(), "':' would make direct ids ambiguous");
+        assert!(
+            UserId::new("a:b").is_err(),
+            "':' would make direct ids ambiguous"
+        );
         assert!(ConversationId::new("g:abc").is_ok());
         assert!(ConversationId::new("g:\u{e9}").is_err());
     }

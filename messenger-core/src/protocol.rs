@@ -618,7 +618,10 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(DecodeError {
             code: ErrorCode::TooLarge,
-            message: format!("frame is {} bytes; the limit is {MAX_FRAME_BYTES}", text.len()),
+            message: format!(
+                "frame is {} bytes; the limit is {MAX_FRAME_BYTES}",
+                text.len()
+            ),
             id: None,
         });
     }
@@ -700,20 +703,27 @@ mod tests {
 
     #[test]
     fn tells_errors_apart() {
-        assert_eq!(decode_client_frame("{").unwrap_err().code, ErrorCode::BadFrame);
-        assert_eq!(decode_client_frame("[1]").unwrap_err().code, ErrorCode::BadFrame);
+        assert_eq!(
+            decode_client_frame("{").unwrap_err().code,
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            decode_client_frame("[1]").unwrap_err().code,
+            ErrorCode::BadFrame
+        );
         let unknown = decode_client_frame(r#"{"type":"fly","id":"r1"}"#).unwrap_err();
         assert_eq!(unknown.code, ErrorCode::UnknownType);
         assert_eq!(unknown.id.unwrap().as_str(), "r1");
-        let bad_id = decode_client_frame(
-            r#"{"type":"open_direct","id":"r2","user":"not valid"}"#,
-        )
-        .unwrap_err();
+        let bad_id = decode_client_frame(r#"{"type":"open_direct","id":"r2","user":"not valid"}"#)
+            .unwrap_err();
         assert_eq!(bad_id.code, ErrorCode::InvalidId, "{}", bad_id.message);
         let missing = decode_client_frame(r#"{"type":"read","conversation":"c"}"#).unwrap_err();
         assert_eq!(missing.code, ErrorCode::BadFrame);
         let huge = "x".repeat(MAX_FRAME_BYTES + 1);
-        assert_eq!(decode_client_frame(&huge).unwrap_err().code, ErrorCode::TooLarge);
+        assert_eq!(
+            decode_client_frame(&huge).unwrap_err().code,
+            ErrorCode::TooLarge
+        );
     }
 
     #[test]

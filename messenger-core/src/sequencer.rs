@@ -47,6 +47,8 @@ impl<S> SequencerService for S where S: Handles<NextSeq> + Handles<FenceSeq> {}
 /// so numbers never repeat after a restart. The store implements it (its head).
 pub trait SeqFloor: Send + Sync + 'static {
     /// The highest seq of `conversation` already in use (`Seq::ZERO` when none).
-    fn floor(&self, conversation: &ConversationId)
-    -> impl Future<Output = Result<Seq, Error>> + Send;
+    fn floor(
+        &self,
+        conversation: &ConversationId,
+    ) -> impl Future<Output = Result<Seq, Error>> + Send;
 }

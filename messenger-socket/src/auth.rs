@@ -21,10 +21,7 @@ pub struct DevAuthenticator;
 impl DevAuthenticator {
     fn check(token: &str) -> Result<Identity, Error> {
         let (user, device) = token.split_once(':').ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unauthorized,
-                "dev token must be `user:device`",
-            )
+            Error::new(ErrorKind::Unauthorized, "dev token must be `user:device`")
         })?;
         let user = UserId::new(user)
             .map_err(|err| Error::new(ErrorKind::Unauthorized, err.to_string()))?;
@@ -103,9 +100,8 @@ impl JwtAuthenticator {
     }
 
     fn check(&self, token: &str) -> Result<Identity, Error> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |err| Error::new(ErrorKind::Unauthorized, format!("bad token: {err}")),
-        )?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|err| Error::new(ErrorKind::Unauthorized, format!("bad token: {err}")))?;
         let claims = data.claims;
         let user = UserId::new(&claims.sub)
             .map_err(|err| Error::new(ErrorKind::Unauthorized, err.to_string()))?;
@@ -167,8 +163,12 @@ mod tests {
 
     fn token(secret: &[u8], exp: u64) -> String {
         let claims = serde_json::json!({"sub": "alice", "device": "phone", "exp": exp});
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
-            .unwrap()
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     fn now_secs() -> u64 {
@@ -206,9 +206,18 @@ mod tests {
         assert!(identity.expires_at.is_some());
 
         let forged = token(b"other", now_secs() + 60);
-        assert_eq!(auth(jwt.clone(), &forged).await.unwrap_err().kind(), ErrorKind::Unauthorized);
+        assert_eq!(
+            auth(jwt.clone(), &forged).await.unwrap_err().kind(),
+            ErrorKind::Unauthorized
+        );
         let expired = token(b"secret", now_secs() - 3600);
-        assert_eq!(auth(jwt.clone(), &expired).await.unwrap_err().kind(), ErrorKind::Unauthorized);
-        assert_eq!(auth(jwt, "garbage").await.unwrap_err().kind(), ErrorKind::Unauthorized);
+        assert_eq!(
+            auth(jwt.clone(), &expired).await.unwrap_err().kind(),
+            ErrorKind::Unauthorized
+        );
+        assert_eq!(
+            auth(jwt, "garbage").await.unwrap_err().kind(),
+            ErrorKind::Unauthorized
+        );
     }
 }

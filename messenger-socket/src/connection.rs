@@ -402,7 +402,10 @@ impl<B: Backends> Connection<B> {
             hole_deadline: None,
             watched: HashSet::new(),
             bad_frames: 0,
-            frames: limiter(limits.frames_per_second, limits.frames_per_second.saturating_mul(5)),
+            frames: limiter(
+                limits.frames_per_second,
+                limits.frames_per_second.saturating_mul(5),
+            ),
             typing: limiter(limits.typing_per_second, limits.typing_per_second),
             last_inbound: Instant::now(),
         }
@@ -425,9 +428,10 @@ impl<B: Backends> Connection<B> {
             let left = at.as_millis().saturating_sub(Timestamp::now().as_millis());
             tokio::time::Instant::now() + Duration::from_millis(left)
         });
-        let mut expiry_timer: std::pin::Pin<Box<Sleep>> = Box::pin(sleep_until(
-            expiry.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
-        ));
+        let mut expiry_timer: std::pin::Pin<Box<Sleep>> =
+            Box::pin(sleep_until(expiry.unwrap_or_else(|| {
+                tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+            })));
         let mut hole_timer: std::pin::Pin<Box<Sleep>> =
             Box::pin(sleep_until(tokio::time::Instant::now()));
         if *shutdown.borrow_and_update() {
@@ -553,7 +557,11 @@ impl<B: Backends> Connection<B> {
         }
     }
 
-    async fn write_text<S>(&mut self, ws: &mut WebSocketStream<S>, text: Utf8Bytes) -> Result<(), End>
+    async fn write_text<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        text: Utf8Bytes,
+    ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -586,7 +594,10 @@ impl<B: Backends> Connection<B> {
             return false;
         }
         track.known_head = track.known_head.max(message.seq);
-        track.held.entry(message.seq).or_insert(Held { message, text });
+        track
+            .held
+            .entry(message.seq)
+            .or_insert(Held { message, text });
         true
     }
 
@@ -753,7 +764,10 @@ impl<B: Backends> Connection<B> {
                         .copied()
                         .unwrap_or(Seq::ZERO)
                         .min(summary.head);
-                    let track = self.tracks.entry(id.clone()).or_insert_with(|| Track::new(cursor));
+                    let track = self
+                        .tracks
+                        .entry(id.clone())
+                        .or_insert_with(|| Track::new(cursor));
                     track.delivered = cursor;
                     track.known_head = track.known_head.max(summary.head);
                     track.retry_at = None;
@@ -823,7 +837,10 @@ impl<B: Backends> Connection<B> {
         let text = match frame {
             Some(Ok(tungstenite::Message::Text(text))) => text,
             Some(Ok(tungstenite::Message::Binary(_))) => {
-                return Err(End::Close(close::UNSUPPORTED_DATA, "text frames only".into()));
+                return Err(End::Close(
+                    close::UNSUPPORTED_DATA,
+                    "text frames only".into(),
+                ));
             }
             Some(Ok(tungstenite::Message::Close(_))) | None => return Err(End::Quiet),
             Some(Ok(_)) => return Ok(()),
@@ -839,7 +856,10 @@ impl<B: Backends> Connection<B> {
             Err(err) => {
                 self.bad_frames += 1;
                 if self.bad_frames >= self.node.config().max_bad_frames {
-                    return Err(End::Close(close::TOO_MANY_ERRORS, "too many bad frames".into()));
+                    return Err(End::Close(
+                        close::TOO_MANY_ERRORS,
+                        "too many bad frames".into(),
+                    ));
                 }
                 return self
                     .reply(ws, ServerFrame::error(err.id, err.code, err.message))
@@ -906,10 +926,17 @@ impl<B: Backends> Connection<B> {
                         if text.len() > limits.max_text_bytes {
                             Err(Refusal::new(
                                 ErrorCode::TooLarge,
-                                format!("text is {} bytes; the limit is {}", text.len(), limits.max_text_bytes),
+                                format!(
+                                    "text is {} bytes; the limit is {}",
+                                    text.len(),
+                                    limits.max_text_bytes
+                                ),
                             ))
                         } else if text.trim().is_empty() {
-                            Err(Refusal::new(ErrorCode::InvalidRequest, "text must not be empty"))
+                            Err(Refusal::new(
+                                ErrorCode::InvalidRequest,
+                                "text must not be empty",
+                            ))
                         } else {
                             Ok(Body::Text { text })
                         }
@@ -1127,7 +1154,9 @@ impl<B: Backends> Connection<B> {
             }
             ClientFrame::LastSeen { id, users } => {
                 if let Err(refusal) = check_user_count(&users, limits.max_users_per_request) {
-                    return self.reply(ws, ServerFrame::error(id, refusal.code, refusal.message)).await;
+                    return self
+                        .reply(ws, ServerFrame::error(id, refusal.code, refusal.message))
+                        .await;
                 }
                 let request = id.clone();
                 self.spawn_request(id, async move {
@@ -1138,7 +1167,9 @@ impl<B: Backends> Connection<B> {
             }
             ClientFrame::SubscribePresence { id, users } => {
                 if let Err(refusal) = check_user_count(&users, limits.max_users_per_request) {
-                    return self.reply(ws, ServerFrame::error(id, refusal.code, refusal.message)).await;
+                    return self
+                        .reply(ws, ServerFrame::error(id, refusal.code, refusal.message))
+                        .await;
                 }
                 if self.watched.len() + users.len() > limits.max_users_per_request * 4 {
                     return self

@@ -110,7 +110,12 @@ impl Hub {
     }
 
     /// Tells the local watchers of `user` that they came online or went offline.
-    pub(crate) fn notify_presence(&self, user: &UserId, online: bool, last_seen: Option<Timestamp>) {
+    pub(crate) fn notify_presence(
+        &self,
+        user: &UserId,
+        online: bool,
+        last_seen: Option<Timestamp>,
+    ) {
         let targets: Vec<ConnectionHandle> = {
             let watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
             match watchers.get(user) {
@@ -193,7 +198,9 @@ impl LocalDelivery for Hub {
                     continue;
                 }
                 let item = match event {
-                    Event::Message { message } => Outbound::Entry(Arc::clone(message), text.clone()),
+                    Event::Message { message } => {
+                        Outbound::Entry(Arc::clone(message), text.clone())
+                    }
                     _ => Outbound::Frame(text.clone()),
                 };
                 if handle.push(item) {

@@ -720,7 +720,10 @@ impl<B: Backends> Node<B> {
             users: new_users.clone(),
             role,
         };
-        Ok(self.commit_change(identity, &info, body, &new_users).await?.seq)
+        Ok(self
+            .commit_change(identity, &info, body, &new_users)
+            .await?
+            .seq)
     }
 
     pub(crate) async fn remove_member(

@@ -156,7 +156,11 @@ mod tests {
         assert_eq!(call(&presence, lookup.clone()).await.unwrap().len(), 2);
         assert!(!call(&presence, unreg(&phone)).await.unwrap());
         // A stale unregister of an older connection changes nothing.
-        assert!(!call(&presence, unreg(&reg("alice", "laptop", 99))).await.unwrap());
+        assert!(
+            !call(&presence, unreg(&reg("alice", "laptop", 99)))
+                .await
+                .unwrap()
+        );
         assert!(call(&presence, unreg(&laptop)).await.unwrap());
         assert!(call(&presence, lookup).await.unwrap().is_empty());
     }

@@ -173,18 +173,30 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .is_some_and(|version| version == "13")
 }
 
-async fn upgrade<B: Backends>(State(state): State<Arc<AppState<B>>>, mut request: Request) -> Response {
+async fn upgrade<B: Backends>(
+    State(state): State<Arc<AppState<B>>>,
+    mut request: Request,
+) -> Response {
     if state.node.is_shutting_down() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "draining: connect to another node");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: connect to another node",
+        );
     }
     if !is_websocket_upgrade(request.headers()) {
-        return refuse(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (version 13)");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (version 13)",
+        );
     }
     let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
     let Ok(permit) = Arc::clone(&state.permits).try_acquire_owned() else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached: retry later");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached: retry later",
+        );
     };
     let Some(on_upgrade) = request
         .extensions_mut()
@@ -197,9 +209,12 @@ async fn upgrade<B: Backends>(State(state): State<Arc<AppState<B>>>, mut request
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                        .await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 serve_connection(node, ws).await;
             }
             Err(err) => tracing::debug!(error = %err, "websocket upgrade failed"),

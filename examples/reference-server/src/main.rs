@@ -73,6 +73,10 @@ struct Args {
     #[arg(long, env = "MESSENGER_OUTBOUND_QUEUE", default_value_t = 4096)]
     outbound_queue: usize,
 
+    /// A connection is dropped when writing to it stalls this long, in milliseconds.
+    #[arg(long, env = "MESSENGER_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    write_timeout_ms: u64,
+
     /// Log format.
     #[arg(long, env = "MESSENGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -106,7 +110,9 @@ async fn main() -> std::process::ExitCode {
 
 fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -138,10 +144,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|err| format!("cannot create {}: {err}", args.data_dir.display()))?;
     let path = args.data_dir.join("messages.db");
-    let embedded = tokio::task::spawn_blocking(move || {
-        EmbeddedStore::open_with(EmbeddedConfig::new(path))
-    })
-    .await??;
+    let embedded =
+        tokio::task::spawn_blocking(move || EmbeddedStore::open_with(EmbeddedConfig::new(path)))
+            .await??;
     let store = Store::new(embedded);
 
     // The sequencer starts empty and learns each conversation's floor from the store, so
@@ -157,6 +162,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     config.node_id = Arc::from(args.node_id.as_str());
     config.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
     config.outbound_queue = args.outbound_queue;
+    config.write_timeout = Duration::from_millis(args.write_timeout_ms);
     let bus = EventBus::new(4096);
     let services = Services {
         store,
@@ -165,8 +171,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         auth,
         presence: MemoryPresence::new(),
     };
-    let node = Node::new(services, hub, config)
-        .with_event_sink(Arc::new(move |event| bus.publish(event)));
+    let node =
+        Node::new(services, hub, config).with_event_sink(Arc::new(move |event| bus.publish(event)));
 
     let mut server_config = ServerConfig::default();
     server_config.max_connections = args.max_connections;

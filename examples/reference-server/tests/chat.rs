@@ -21,7 +21,14 @@ async fn direct_chat_reaches_every_device_of_both_users() {
     let id = chat.conversation.id.clone();
     assert_eq!(id.as_str(), "dm:alice:bob");
     // Opening again, from either side, gives the same conversation.
-    assert_eq!(bob.open_direct(&user("alice")).await.unwrap().conversation.id, id);
+    assert_eq!(
+        bob.open_direct(&user("alice"))
+            .await
+            .unwrap()
+            .conversation
+            .id,
+        id
+    );
 
     let sent = alice_phone.send_text(&id, "hello bob").await.unwrap();
     assert_eq!(sent.seq, Seq(1));
@@ -50,13 +57,21 @@ async fn retried_send_returns_the_original_seq_and_is_delivered_once() {
     let server = Server::start(dir.path(), &[]);
     let (alice, _alice_events) = connect(&server, "alice:phone").await;
     let (_bob, mut bob_events) = connect(&server, "bob:phone").await;
-    let id = alice.open_direct(&user("bob")).await.unwrap().conversation.id;
+    let id = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
 
     let key = messenger_core::ClientMsgId::new("fixed-key-1").unwrap();
     let body = messenger_core::protocol::NewBody::Text {
         text: "only once".into(),
     };
-    let first = alice.send_with_id(&id, key.clone(), body.clone()).await.unwrap();
+    let first = alice
+        .send_with_id(&id, key.clone(), body.clone())
+        .await
+        .unwrap();
     let again = alice.send_with_id(&id, key, body).await.unwrap();
     assert_eq!(again.seq, first.seq);
     assert!(again.duplicate);
@@ -76,25 +91,31 @@ async fn group_membership_changes_are_ordered_and_role_checked() {
     let (bob, mut bob_events) = connect(&server, "bob:phone").await;
     let (carol, mut carol_events) = connect(&server, "carol:phone").await;
 
-    let group = alice
-        .create_group("team", &[user("bob")])
-        .await
-        .unwrap();
+    let group = alice.create_group("team", &[user("bob")]).await.unwrap();
     let id = group.conversation.id.clone();
     assert!(id.as_str().starts_with("g:"));
     assert_eq!(group.members.len(), 2);
 
     // A plain member may not add anyone; the owner may.
-    let refused = bob.add_members(&id, &[user("carol")], None).await.unwrap_err();
+    let refused = bob
+        .add_members(&id, &[user("carol")], None)
+        .await
+        .unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::Forbidden);
     // Carol is not a member yet: her send is refused and nothing is stored.
     let not_member = carol.send_text(&id, "let me in").await.unwrap_err();
     assert_eq!(not_member.kind(), ErrorKind::Forbidden, "{not_member}");
 
     alice.send_text(&id, "welcome bob").await.unwrap();
-    alice.add_members(&id, &[user("carol")], None).await.unwrap();
+    alice
+        .add_members(&id, &[user("carol")], None)
+        .await
+        .unwrap();
     carol.send_text(&id, "hi all").await.unwrap();
-    alice.set_role(&id, &user("bob"), Role::Admin).await.unwrap();
+    alice
+        .set_role(&id, &user("bob"), Role::Admin)
+        .await
+        .unwrap();
     bob.remove_member(&id, &user("carol")).await.unwrap();
     // Bob is an admin now but may not remove the owner.
     let refused = bob.remove_member(&id, &user("alice")).await.unwrap_err();
@@ -116,7 +137,10 @@ async fn group_membership_changes_are_ordered_and_role_checked() {
             _ => "other",
         })
         .collect();
-    assert_eq!(kinds, ["created", "text", "added", "text", "role", "removed"]);
+    assert_eq!(
+        kinds,
+        ["created", "text", "added", "text", "role", "removed"]
+    );
     assert_eq!(
         alice_log.iter().map(|m| m.seq.get()).collect::<Vec<_>>(),
         (1..=6).collect::<Vec<_>>()
@@ -138,13 +162,23 @@ async fn group_membership_changes_are_ordered_and_role_checked() {
         BTreeMap::from([("alice".into(), Role::Owner), ("bob".into(), Role::Admin)])
     );
     assert_eq!(
-        carol.history(&id, messenger_socket::client::HistoryRange::Latest, None).await.unwrap_err().kind(),
+        carol
+            .history(&id, messenger_socket::client::HistoryRange::Latest, None)
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::Forbidden
     );
 
     // The owner cannot leave before handing over ownership; after it, they can.
-    assert_eq!(alice.leave(&id).await.unwrap_err().kind(), ErrorKind::Forbidden);
-    alice.set_role(&id, &user("bob"), Role::Owner).await.unwrap();
+    assert_eq!(
+        alice.leave(&id).await.unwrap_err().kind(),
+        ErrorKind::Forbidden
+    );
+    alice
+        .set_role(&id, &user("bob"), Role::Owner)
+        .await
+        .unwrap();
     alice.leave(&id).await.unwrap();
     let members = bob.members(&id).await.unwrap();
     assert_eq!(members.members.len(), 1);
@@ -162,7 +196,13 @@ async fn concurrent_senders_in_one_group_see_one_order() {
         clients.push(connect(&server, &format!("u{index}:phone")).await);
     }
     let others: Vec<_> = (1..MEMBERS).map(|i| user(&format!("u{i}"))).collect();
-    let id = clients[0].0.create_group("busy", &others).await.unwrap().conversation.id;
+    let id = clients[0]
+        .0
+        .create_group("busy", &others)
+        .await
+        .unwrap()
+        .conversation
+        .id;
 
     let mut senders = Vec::new();
     for (index, (client, _)) in clients.iter().enumerate() {
@@ -205,7 +245,12 @@ async fn receipts_reach_the_sender_and_only_move_forward() {
     let server = Server::start(dir.path(), &[]);
     let (alice, mut alice_events) = connect(&server, "alice:phone").await;
     let (bob, mut bob_events) = connect(&server, "bob:phone").await;
-    let id = alice.open_direct(&user("bob")).await.unwrap().conversation.id;
+    let id = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
     for n in 1..=3 {
         alice.send_text(&id, format!("m{n}")).await.unwrap();
     }
@@ -216,7 +261,10 @@ async fn receipts_reach_the_sender_and_only_move_forward() {
     // An older receipt never lowers a watermark.
     bob.read(&id, Seq(1)).await.unwrap();
     let mut last = None;
-    while last.as_ref().is_none_or(|r: &messenger_core::Receipts| r.read < Seq(2)) {
+    while last
+        .as_ref()
+        .is_none_or(|r: &messenger_core::Receipts| r.read < Seq(2))
+    {
         let event = alice_events
             .wait_for(WAIT, |event| {
                 matches!(event, ClientEvent::Receipt { receipts, .. } if receipts.user.as_str() == "bob")
@@ -230,7 +278,10 @@ async fn receipts_reach_the_sender_and_only_move_forward() {
     }
     let receipts = alice.receipts(&id).await.unwrap();
     let bob_receipts = receipts.iter().find(|r| r.user.as_str() == "bob").unwrap();
-    assert_eq!((bob_receipts.delivered, bob_receipts.read), (Seq(3), Seq(2)));
+    assert_eq!(
+        (bob_receipts.delivered, bob_receipts.read),
+        (Seq(3), Seq(2))
+    );
 
     let summary = bob
         .conversations()
@@ -239,7 +290,10 @@ async fn receipts_reach_the_sender_and_only_move_forward() {
         .into_iter()
         .find(|c| c.conversation.id == id)
         .unwrap();
-    assert_eq!((summary.head, summary.read, summary.unread), (Seq(3), Seq(2), 1));
+    assert_eq!(
+        (summary.head, summary.read, summary.unread),
+        (Seq(3), Seq(2), 1)
+    );
 
     // A receipt past the head is refused and changes nothing; the connection stays up.
     bob.read(&id, Seq(99)).await.unwrap();
@@ -254,7 +308,12 @@ async fn typing_is_fanned_out_and_rate_limited() {
     let server = Server::start(dir.path(), &[]);
     let (alice, mut alice_events) = connect(&server, "alice:phone").await;
     let (bob, _bob_events) = connect(&server, "bob:phone").await;
-    let id = alice.open_direct(&user("bob")).await.unwrap().conversation.id;
+    let id = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
 
     for _ in 0..20 {
         bob.typing(&id, true).await.unwrap();
@@ -310,7 +369,10 @@ async fn last_seen_and_live_presence() {
     let ClientEvent::Presence { last_seen, .. } = event else {
         unreachable!()
     };
-    assert!(last_seen.unwrap() >= connected_at, "last seen only moves forward");
+    assert!(
+        last_seen.unwrap() >= connected_at,
+        "last seen only moves forward"
+    );
     let offline = alice.last_seen(&[user("bob")]).await.unwrap();
     assert!(!offline[0].online);
     assert_eq!(offline[0].last_seen, last_seen);

@@ -17,7 +17,12 @@ async fn an_offline_device_gets_exactly_what_it_missed_in_order() {
     let server = Server::start(dir.path(), &[]);
     let (alice, _alice_events) = connect(&server, "alice:phone").await;
     let (bob, mut bob_events) = connect(&server, "bob:phone").await;
-    let id = alice.open_direct(&user("bob")).await.unwrap().conversation.id;
+    let id = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
     alice.send_text(&id, "before").await.unwrap();
     messages(&mut bob_events, &id, 1).await;
     let cursors = bob.cursors();
@@ -34,7 +39,10 @@ async fn an_offline_device_gets_exactly_what_it_missed_in_order() {
     .unwrap();
     let mut backlog = Vec::new();
     loop {
-        let event = tokio::time::timeout(WAIT, bob_events.next()).await.unwrap().unwrap();
+        let event = tokio::time::timeout(WAIT, bob_events.next())
+            .await
+            .unwrap()
+            .unwrap();
         match event {
             ClientEvent::Message(message) => backlog.push(message),
             ClientEvent::Synced(summaries) => {
@@ -62,7 +70,12 @@ async fn reconnecting_during_traffic_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let (alice, _alice_events) = connect(&server, "alice:phone").await;
-    let id = alice.open_direct(&user("bob")).await.unwrap().conversation.id;
+    let id = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
 
     let sending = Arc::new(AtomicBool::new(true));
     let sender = {
@@ -127,7 +140,12 @@ async fn a_user_added_while_offline_gets_the_group_on_reconnect() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let (alice, _alice_events) = connect(&server, "alice:phone").await;
-    let id = alice.create_group("later", &[]).await.unwrap().conversation.id;
+    let id = alice
+        .create_group("later", &[])
+        .await
+        .unwrap()
+        .conversation
+        .id;
     alice.send_text(&id, "first").await.unwrap();
     alice.add_members(&id, &[user("dave")], None).await.unwrap();
     alice.send_text(&id, "second").await.unwrap();
@@ -140,7 +158,10 @@ async fn a_user_added_while_offline_gets_the_group_on_reconnect() {
     assert_eq!(summaries.len(), 1);
     assert_eq!(summaries[0].conversation.id, id);
     assert_eq!(summaries[0].head, Seq(4));
-    let page = dave.history(&id, HistoryRange::After(Seq::ZERO), None).await.unwrap();
+    let page = dave
+        .history(&id, HistoryRange::After(Seq::ZERO), None)
+        .await
+        .unwrap();
     assert_eq!(page.messages.len(), 4);
     assert!(matches!(page.messages[2].body, Body::MembersAdded { .. }));
 }
@@ -153,7 +174,12 @@ async fn sync_backlog_and_live_traffic_meet_without_gap_or_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let (alice, _alice_events) = connect(&server, "alice:phone").await;
-    let id = alice.open_direct(&user("bob")).await.unwrap().conversation.id;
+    let id = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
     let mut pending = Vec::new();
     for n in 0..BACKLOG {
         pending.push(alice.send_text(&id, format!("{n}")));
@@ -182,7 +208,10 @@ async fn sync_backlog_and_live_traffic_meet_without_gap_or_duplicate() {
     assert_eq!(bob.cursors().get(&id), Some(&Seq((BACKLOG + 100) as u64)));
 }
 
-fn conversation(summaries: &[messenger_core::ConversationSummary], id: &ConversationId) -> messenger_core::ConversationSummary {
+fn conversation(
+    summaries: &[messenger_core::ConversationSummary],
+    id: &ConversationId,
+) -> messenger_core::ConversationSummary {
     summaries
         .iter()
         .find(|summary| &summary.conversation.id == id)
@@ -196,7 +225,12 @@ async fn a_killed_server_keeps_every_acknowledged_write_and_never_reuses_a_seq()
     let mut server = Server::start(dir.path(), &[]);
     let (alice, _alice_events) = connect(&server, "alice:phone").await;
     let (bob, mut bob_events) = connect(&server, "bob:phone").await;
-    let direct = alice.open_direct(&user("bob")).await.unwrap().conversation.id;
+    let direct = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
     let group = alice
         .create_group("durable", &[user("bob")])
         .await
@@ -218,14 +252,19 @@ async fn a_killed_server_keeps_every_acknowledged_write_and_never_reuses_a_seq()
     // The receipt is fanned out only once it is stored.
     let mut alice_check = alice.receipts(&direct).await.unwrap();
     for _ in 0..100 {
-        if alice_check.iter().any(|r| r.user.as_str() == "bob" && r.read == Seq(40)) {
+        if alice_check
+            .iter()
+            .any(|r| r.user.as_str() == "bob" && r.read == Seq(40))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         alice_check = alice.receipts(&direct).await.unwrap();
     }
     bob.close().await;
-    let seen_before = alice.last_seen(&[user("bob")]).await.unwrap()[0].last_seen.unwrap();
+    let seen_before = alice.last_seen(&[user("bob")]).await.unwrap()[0]
+        .last_seen
+        .unwrap();
     alice.close().await;
 
     server.kill();
@@ -241,7 +280,11 @@ async fn a_killed_server_keeps_every_acknowledged_write_and_never_reuses_a_seq()
         .await
         .unwrap();
     for sent in &acked {
-        let page = if sent.conversation == direct { &direct_page } else { &group_page };
+        let page = if sent.conversation == direct {
+            &direct_page
+        } else {
+            &group_page
+        };
         let stored = page
             .messages
             .iter()
@@ -250,10 +293,16 @@ async fn a_killed_server_keeps_every_acknowledged_write_and_never_reuses_a_seq()
         assert_eq!(stored.client_msg_id, sent.client_msg_id);
     }
     let receipts = alice.receipts(&direct).await.unwrap();
-    assert!(receipts.iter().any(|r| r.user.as_str() == "bob" && r.read == Seq(40)));
+    assert!(
+        receipts
+            .iter()
+            .any(|r| r.user.as_str() == "bob" && r.read == Seq(40))
+    );
     let members = alice.members(&group).await.unwrap();
     assert_eq!(members.members.len(), 2);
-    let seen_after = alice.last_seen(&[user("bob")]).await.unwrap()[0].last_seen.unwrap();
+    let seen_after = alice.last_seen(&[user("bob")]).await.unwrap()[0]
+        .last_seen
+        .unwrap();
     assert_eq!(seen_after, seen_before);
     let summaries = alice.conversations().await.unwrap();
     assert_eq!(conversation(&summaries, &direct).head, Seq(50));
@@ -275,12 +324,19 @@ async fn the_outbox_survives_a_server_restart_without_duplicates() {
     )
     .await
     .unwrap();
-    let id = alice.open_direct(&user("bob")).await.unwrap().conversation.id;
+    let id = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
     alice.send_text(&id, "one").await.unwrap();
 
     server.kill();
     alice_events
-        .wait_for(WAIT, |event| matches!(event, ClientEvent::Disconnected { .. }))
+        .wait_for(WAIT, |event| {
+            matches!(event, ClientEvent::Disconnected { .. })
+        })
         .await
         .unwrap();
     // Sent while the server is down: they wait in the outbox.
@@ -292,7 +348,10 @@ async fn the_outbox_survives_a_server_restart_without_duplicates() {
     assert_eq!((two.seq, three.seq), (Seq(2), Seq(3)));
 
     let (bob, _bob_events) = connect(&server, "bob:phone").await;
-    let page = bob.history(&id, HistoryRange::After(Seq::ZERO), None).await.unwrap();
+    let page = bob
+        .history(&id, HistoryRange::After(Seq::ZERO), None)
+        .await
+        .unwrap();
     let texts: Vec<&str> = page.messages.iter().map(|m| text_of(m)).collect();
     assert_eq!(texts, ["one", "two", "three"]);
 }
