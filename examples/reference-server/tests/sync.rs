@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Server, WAIT, connect, connect_with, messages, text_of, user};
+use common::{Server, WAIT, connect, messages, text_of, user};
 use messenger_core::{Body, ConversationId, Message, Seq};
 use messenger_socket::client::{ClientConfig, ClientEvent, HistoryRange};
 
