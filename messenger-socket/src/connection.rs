@@ -656,9 +656,7 @@ impl<B: Backends> Connection<B> {
                     let conversation = conversation.clone();
                     let until = track.known_head;
                     let limit = config.sync_page;
-                    let void = now.duration_since(missing_since) >= config.void_after
-                        && !track.held.contains_key(&delivered.next())
-                        && missing_since != now;
+                    let void = now.duration_since(missing_since) >= config.void_after;
                     self.tasks.push(Box::pin(async move {
                         let result = if void {
                             // Missing too long: store it as void (or get what landed).
@@ -691,7 +689,7 @@ impl<B: Backends> Connection<B> {
                 }
             }
         }
-        self.check_synced(ws, conversation).await
+        self.check_synced(ws, Some(conversation)).await
     }
 
     async fn pump_waiting<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
@@ -715,10 +713,12 @@ impl<B: Backends> Connection<B> {
         Ok(())
     }
 
+    /// Sends `synced` once every conversation of the pending sync reached its target;
+    /// `conversation` is the one that just moved.
     async fn check_synced<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
-        conversation: &ConversationId,
+        conversation: Option<&ConversationId>,
     ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -726,16 +726,18 @@ impl<B: Backends> Connection<B> {
         let Some(pending) = &mut self.pending_sync else {
             return Ok(());
         };
-        let delivered = self
-            .tracks
-            .get(conversation)
-            .map_or(Seq::ZERO, |track| track.delivered);
-        if pending
-            .remaining
-            .get(conversation)
-            .is_some_and(|target| delivered >= *target)
-        {
-            pending.remaining.remove(conversation);
+        if let Some(conversation) = conversation {
+            let delivered = self
+                .tracks
+                .get(conversation)
+                .map_or(Seq::ZERO, |track| track.delivered);
+            if pending
+                .remaining
+                .get(conversation)
+                .is_some_and(|target| delivered >= *target)
+            {
+                pending.remaining.remove(conversation);
+            }
         }
         if pending.remaining.is_empty() {
             if let Some(pending) = self.pending_sync.take() {
@@ -784,11 +786,8 @@ impl<B: Backends> Connection<B> {
                 for id in &ids {
                     self.pump(ws, id).await?;
                 }
-                if let Some(first) = ids.first() {
-                    self.check_synced(ws, first).await
-                } else {
-                    self.check_synced(ws, &placeholder_conversation()).await
-                }
+                // Conversations with nothing to stream (or none at all) are done already.
+                self.check_synced(ws, None).await
             }
             Done::SyncLoaded(Err(err), _) => {
                 let refusal = Refusal::from(err);
@@ -944,16 +943,19 @@ impl<B: Backends> Connection<B> {
                     _ => Err(Refusal::new(ErrorCode::InvalidRequest, "unsupported body")),
                 };
                 let refusal = match body {
-                    Ok(body) => match self.sends.try_send(QueuedSend {
-                        conversation: conversation.clone(),
-                        client_msg_id: client_msg_id.clone(),
-                        body,
-                    }) {
+                    // A full send queue slows the reading of this connection (backpressure)
+                    // rather than refusing: refusals would make retries overtake later sends.
+                    Ok(body) => match self
+                        .sends
+                        .send(QueuedSend {
+                            conversation: conversation.clone(),
+                            client_msg_id: client_msg_id.clone(),
+                            body,
+                        })
+                        .await
+                    {
                         Ok(()) => return Ok(()),
-                        Err(_) => Refusal::new(
-                            ErrorCode::Overloaded,
-                            "too many sends in flight on this connection",
-                        ),
+                        Err(_) => Refusal::new(ErrorCode::Internal, "the send worker stopped"),
                     },
                     Err(refusal) => refusal,
                 };
@@ -1239,10 +1241,6 @@ impl<B: Backends> Connection<B> {
             }
         });
     }
-}
-
-fn placeholder_conversation() -> ConversationId {
-    ConversationId::new("none").unwrap_or_else(|_| unreachable!("a valid literal id"))
 }
 
 fn changed(id: Option<RequestId>, conversation: ConversationId, seq: Seq) -> ServerFrame {

@@ -110,7 +110,8 @@ pub struct NodeConfig {
     pub write_timeout: Duration,
     /// Frames queued for one connection before it is closed as a slow consumer. Default: 4096.
     pub outbound_queue: usize,
-    /// Sends queued per connection before new ones are refused as `overloaded`. Default: 256.
+    /// Sends queued per connection waiting for their seq; when full, the connection is read
+    /// more slowly (backpressure). Default: 256.
     pub send_queue: usize,
     /// How long a missing seq may stay missing before it is stored as void. Default: 2 s.
     pub void_after: Duration,

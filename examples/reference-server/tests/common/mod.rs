@@ -249,3 +249,18 @@ pub async fn close_code(ws: &mut Raw) -> Option<u16> {
         }
     }
 }
+
+/// Asserts two sequences are equal, reporting the first difference (not the whole lists).
+pub fn assert_same<T: PartialEq + std::fmt::Debug>(got: &[T], expected: &[T]) {
+    if let Some(index) = (0..got.len().min(expected.len())).find(|&i| got[i] != expected[i]) {
+        let from = index.saturating_sub(3);
+        panic!(
+            "first difference at {index}: got {:?}, expected {:?} (lengths {} and {})",
+            &got[from..(index + 4).min(got.len())],
+            &expected[from..(index + 4).min(expected.len())],
+            got.len(),
+            expected.len()
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "same prefix, different lengths");
+}
