@@ -120,21 +120,32 @@ impl tower::Service<LookupPresence> for MemoryPresence {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use messenger_core::call;
+/// Behaviour every presence registry must show, for backend test suites.
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance {
+    use std::sync::Arc;
 
-    fn reg(user: &str, device: &str, connection: u64) -> RegisterDevice {
+    use messenger_core::presence::{
+        LookupPresence, NodeId, PresenceService, RegisterDevice, UnregisterDevice,
+    };
+    use messenger_core::{DeviceId, UserId, call};
+
+    fn unique(label: &str) -> UserId {
+        use rand::Rng;
+        let suffix: u64 = rand::rng().random();
+        UserId::new(format!("{label}-{suffix:x}")).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    fn register(user: &UserId, device: &str, node: &NodeId, connection: u64) -> RegisterDevice {
         RegisterDevice {
-            user: UserId::new(user).unwrap(),
-            device: DeviceId::new(device).unwrap(),
-            node: Arc::from("n1"),
+            user: user.clone(),
+            device: DeviceId::new(device).unwrap_or_else(|err| panic!("{err}")),
+            node: node.clone(),
             connection,
         }
     }
 
-    fn unreg(request: &RegisterDevice) -> UnregisterDevice {
+    fn unregister(request: &RegisterDevice) -> UnregisterDevice {
         UnregisterDevice {
             user: request.user.clone(),
             device: request.device.clone(),
@@ -143,25 +154,139 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn online_while_any_device_is_connected() {
-        let presence = MemoryPresence::new();
-        let phone = reg("alice", "phone", 1);
-        let laptop = reg("alice", "laptop", 2);
-        assert!(call(&presence, phone.clone()).await.unwrap());
-        assert!(!call(&presence, laptop.clone()).await.unwrap());
-        let lookup = LookupPresence {
-            users: vec![phone.user.clone(), UserId::new("bob").unwrap()],
-        };
-        assert_eq!(call(&presence, lookup.clone()).await.unwrap().len(), 2);
-        assert!(!call(&presence, unreg(&phone)).await.unwrap());
-        // A stale unregister of an older connection changes nothing.
+    /// Runs every check.
+    ///
+    /// # Panics
+    /// When the registry breaks the contract.
+    pub async fn run_all<S: PresenceService>(registry: &S) {
+        online_while_any_device_is_connected(registry).await;
+        a_stale_unregister_changes_nothing(registry).await;
+        lookup_lists_devices_and_nodes(registry).await;
+    }
+
+    /// The first device brings a user online, the last one takes them offline.
+    ///
+    /// # Panics
+    /// When the registry breaks the contract.
+    pub async fn online_while_any_device_is_connected<S: PresenceService>(registry: &S) {
+        let node: NodeId = Arc::from("node-a");
+        let user = unique("presence");
+        let phone = register(&user, "phone", &node, 1);
+        let laptop = register(&user, "laptop", &node, 2);
         assert!(
-            !call(&presence, unreg(&reg("alice", "laptop", 99)))
+            call(registry, phone.clone())
                 .await
-                .unwrap()
+                .unwrap_or_else(|err| panic!("{err}"))
         );
-        assert!(call(&presence, unreg(&laptop)).await.unwrap());
-        assert!(call(&presence, lookup).await.unwrap().is_empty());
+        assert!(
+            !call(registry, laptop.clone())
+                .await
+                .unwrap_or_else(|err| panic!("{err}"))
+        );
+        assert!(
+            !call(registry, unregister(&phone))
+                .await
+                .unwrap_or_else(|err| panic!("{err}"))
+        );
+        assert!(
+            call(registry, unregister(&laptop))
+                .await
+                .unwrap_or_else(|err| panic!("{err}"))
+        );
+        let online = call(registry, LookupPresence { users: vec![user] })
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert!(online.is_empty(), "{online:?}");
+    }
+
+    /// Unregistering an older connection of a device that reconnected keeps the newer one.
+    ///
+    /// # Panics
+    /// When the registry breaks the contract.
+    pub async fn a_stale_unregister_changes_nothing<S: PresenceService>(registry: &S) {
+        let node: NodeId = Arc::from("node-a");
+        let user = unique("stale");
+        let old = register(&user, "phone", &node, 10);
+        let new = register(&user, "phone", &node, 11);
+        call(registry, old.clone())
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        call(registry, new.clone())
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert!(
+            !call(registry, unregister(&old))
+                .await
+                .unwrap_or_else(|err| panic!("{err}"))
+        );
+        let online = call(
+            registry,
+            LookupPresence {
+                users: vec![user.clone()],
+            },
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(online.len(), 1);
+        assert!(
+            call(registry, unregister(&new))
+                .await
+                .unwrap_or_else(|err| panic!("{err}"))
+        );
+    }
+
+    /// Lookup answers every online device of the users asked about, with its node.
+    ///
+    /// # Panics
+    /// When the registry breaks the contract.
+    pub async fn lookup_lists_devices_and_nodes<S: PresenceService>(registry: &S) {
+        let a: NodeId = Arc::from("node-a");
+        let b: NodeId = Arc::from("node-b");
+        let first = unique("first");
+        let second = unique("second");
+        let offline = unique("offline");
+        let phone = register(&first, "phone", &a, 20);
+        let tablet = register(&first, "tablet", &b, 21);
+        let other = register(&second, "phone", &b, 22);
+        for request in [&phone, &tablet, &other] {
+            call(registry, request.clone())
+                .await
+                .unwrap_or_else(|err| panic!("{err}"));
+        }
+        let mut online = call(
+            registry,
+            LookupPresence {
+                users: vec![first.clone(), offline, second.clone()],
+            },
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+        online.sort_by(|x, y| (&x.user, &x.device).cmp(&(&y.user, &y.device)));
+        let found: Vec<(String, String, String)> = online
+            .iter()
+            .map(|d| (d.user.to_string(), d.device.to_string(), d.node.to_string()))
+            .collect();
+        let mut expected = vec![
+            (first.to_string(), "phone".to_owned(), "node-a".to_owned()),
+            (first.to_string(), "tablet".to_owned(), "node-b".to_owned()),
+            (second.to_string(), "phone".to_owned(), "node-b".to_owned()),
+        ];
+        expected.sort();
+        assert_eq!(found, expected);
+        for request in [&phone, &tablet, &other] {
+            call(registry, unregister(request))
+                .await
+                .unwrap_or_else(|err| panic!("{err}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_presence_passes_the_conformance_suite() {
+        conformance::run_all(&MemoryPresence::new()).await;
     }
 }
