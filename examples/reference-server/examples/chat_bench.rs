@@ -33,7 +33,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -120,7 +119,7 @@ fn start_server(bin: PathBuf) -> (Server, String) {
 
 /// Connects `user`, waits for `Synced`, then spawns a task that drains its events forever and
 /// reports the send→delivered latency of every text from another user to `samples`.
-async fn connect(url: &str, user: &str, samples: mpsc::UnboundedSender<Duration>) -> Client {
+async fn connect(url: String, user: String, samples: mpsc::UnboundedSender<Duration>) -> Client {
     let config = ClientConfig::new(url, format!("{user}:bench"));
     let (client, mut events) = Client::connect(config).await.expect("connect");
     events
@@ -151,14 +150,15 @@ async fn connect(url: &str, user: &str, samples: mpsc::UnboundedSender<Duration>
     client
 }
 
-/// Sends `count` texts with at most `in_flight` unacknowledged; returns the ack latencies.
+/// Sends `count` texts with at most `in_flight` unacknowledged; returns the ack latencies and
+/// when the last ack came.
 async fn send_all(
     client: Client,
     conversation: ConversationId,
     count: usize,
     in_flight: usize,
-) -> Vec<Duration> {
-    futures_util::stream::iter(0..count)
+) -> (Vec<Duration>, Instant) {
+    let acks = futures_util::stream::iter(0..count)
         .map(|_| {
             let started = Instant::now();
             let sent = client.send_text(&conversation, now_ns().to_string());
@@ -169,33 +169,65 @@ async fn send_all(
         })
         .buffer_unordered(in_flight.max(1))
         .collect()
-        .await
+        .await;
+    (acks, Instant::now())
 }
 
-/// Receives up to `expected` samples (fewer if the phase times out).
-async fn collect(
+/// What one phase measured.
+struct Phase {
+    delivered: Vec<Duration>,
+    wall: Duration,
+    acks: Vec<Duration>,
+    ack_wall: Duration,
+}
+
+/// Starts every sender at once, then waits for `expected` deliveries (or the timeout) and for
+/// every ack.
+async fn run_phase(
+    jobs: Vec<(Client, ConversationId)>,
+    args: (usize, usize),
     samples: &mut mpsc::UnboundedReceiver<Duration>,
     expected: usize,
-) -> Vec<Duration> {
-    let mut out = Vec::with_capacity(expected);
+) -> Phase {
+    let (count, in_flight) = args;
+    let started = Instant::now();
+    let sending: Vec<_> = jobs
+        .into_iter()
+        .map(|(client, chat)| tokio::spawn(send_all(client, chat, count, in_flight)))
+        .collect();
+    let mut delivered = Vec::with_capacity(expected);
     let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
-    while out.len() < expected {
+    while delivered.len() < expected {
         match tokio::time::timeout_at(deadline, samples.recv()).await {
-            Ok(Some(sample)) => out.push(sample),
+            Ok(Some(sample)) => delivered.push(sample),
             _ => {
-                eprintln!("timed out: {} of {expected} deliveries", out.len());
+                eprintln!("timed out: {} of {expected} deliveries", delivered.len());
                 break;
             }
         }
     }
-    out
+    let wall = started.elapsed();
+    let (mut acks, mut last_ack) = (Vec::new(), started);
+    for task in join_all(sending).await {
+        let (latencies, done) = task.expect("sender task");
+        acks.extend(latencies);
+        last_ack = last_ack.max(done);
+    }
+    let ack_wall = last_ack - started;
+    Phase {
+        delivered,
+        wall,
+        acks,
+        ack_wall,
+    }
 }
 
 /// (p50, p99) in milliseconds.
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+fn percentiles(samples: &[Duration]) -> (f64, f64) {
     if samples.is_empty() {
         return (f64::NAN, f64::NAN);
     }
+    let mut samples = samples.to_vec();
     samples.sort_unstable();
     let at = |q: f64| {
         let index = ((samples.len() - 1) as f64 * q).round() as usize;
@@ -232,136 +264,81 @@ async fn main() {
 
     // Phase 1: 1:1 pairs.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let senders = join_all((0..args.pairs).map(|i| connect(&url, &name("s", i), tx.clone()))).await;
-    let recipients =
-        join_all((0..args.pairs).map(|i| connect(&url, &name("r", i), tx.clone()))).await;
-    let mut chats = Vec::new();
-    for (i, sender) in senders.iter().enumerate() {
+    let connect_all = |kind: &'static str, n: usize, tx: &mpsc::UnboundedSender<Duration>| {
+        join_all((0..n).map(|i| connect(url.clone(), name(kind, i), tx.clone())))
+    };
+    let senders = connect_all("s", args.pairs, &tx).await;
+    let recipients = connect_all("r", args.pairs, &tx).await;
+    let chats = join_all(senders.iter().enumerate().map(|(i, sender)| async move {
         let peer = UserId::new(name("r", i)).expect("user id");
-        chats.push(
-            sender
-                .open_direct(&peer)
-                .await
-                .expect("open_direct")
-                .conversation
-                .id,
-        );
-    }
-    let started = Instant::now();
-    let sending = senders.iter().zip(chats).map(|(client, chat)| {
-        tokio::spawn(send_all(
-            client.clone(),
-            chat,
-            args.messages,
-            args.in_flight,
-        ))
-    });
-    let sending: Vec<_> = sending.collect();
-    let delivered = collect(&mut rx, args.pairs * args.messages).await;
-    let direct_wall = started.elapsed();
-    let mut acks = Vec::new();
-    for task in join_all(sending).await {
-        acks.extend(task.expect("sender task"));
-    }
-    let direct_count = delivered.len();
-    let direct_rate = rate(direct_count, direct_wall);
-    let direct_lat = percentiles(delivered);
-    let ack_lat = percentiles(acks);
+        let info = sender.open_direct(&peer).await.expect("open_direct");
+        (sender.clone(), info.conversation.id)
+    }))
+    .await;
+    let per_sender = (args.messages, args.in_flight);
+    let direct = run_phase(chats, per_sender, &mut rx, args.pairs * args.messages).await;
     for client in senders.iter().chain(&recipients) {
         client.close().await;
     }
 
-    // Phase 2: one group.
+    // Phase 2: one group; the first `k` members send.
+    let size = args.group_size.max(2);
+    let k = args.group_senders.min(size);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let members =
-        join_all((0..args.group_size).map(|i| connect(&url, &name("g", i), tx.clone()))).await;
-    let others: Vec<UserId> = (1..args.group_size)
+    let members = connect_all("g", size, &tx).await;
+    let others: Vec<UserId> = (1..size)
         .map(|i| UserId::new(name("g", i)).expect("user id"))
         .collect();
-    let group = members[0]
-        .create_group("bench", &others)
-        .await
-        .expect("group");
-    let group = group.conversation.id;
-    let k = args.group_senders.min(args.group_size);
-    let started = Instant::now();
-    let sending: Vec<_> = members[..k]
-        .iter()
-        .map(|client| {
-            let job = send_all(
-                client.clone(),
-                group.clone(),
-                args.group_messages,
-                args.in_flight,
-            );
-            tokio::spawn(job)
-        })
-        .collect();
-    let expected = k * args.group_messages * (args.group_size - 1);
-    let delivered = collect(&mut rx, expected).await;
-    let group_wall = started.elapsed();
-    for task in join_all(sending).await {
-        task.expect("sender task");
-    }
-    let group_deliveries = delivered.len();
-    let group_msg_rate = rate(k * args.group_messages, group_wall);
-    let group_rate = rate(group_deliveries, group_wall);
-    let group_lat = percentiles(delivered);
+    let info = members[0].create_group("bench", &others).await;
+    let group = info.expect("create_group").conversation.id;
+    let jobs = members[..k].iter().map(|c| (c.clone(), group.clone()));
+    let per_sender = (args.group_messages, args.in_flight);
+    let expected = k * args.group_messages * (size - 1);
+    let grouped = run_phase(jobs.collect(), per_sender, &mut rx, expected).await;
     for client in &members {
         client.close().await;
     }
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    println!(
-        "command: {}",
-        std::env::args().collect::<Vec<_>>().join(" ")
-    );
+    let command: Vec<String> = std::env::args().collect();
+    println!("command: {}", command.join(" "));
     println!("cores: {cores}; server: {url}");
     println!("| workload | count | wall s | rate /s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|");
-    let row = |what: &str, count: usize, wall: Duration, per_s: f64, lat: (f64, f64)| {
-        let wall = wall.as_secs_f64();
-        println!(
-            "| {what} | {count} | {wall:.2} | {per_s:.0} | {:.2} | {:.2} |",
-            lat.0, lat.1
-        );
-    };
-    let pairs = args.pairs;
+    let direct_rate = rate(direct.delivered.len(), direct.wall);
+    let group_rate = rate(grouped.delivered.len(), grouped.wall);
+    let group_lat = percentiles(&grouped.delivered);
+    let what = format!("1:1 send→delivered ({} pairs)", args.pairs);
     row(
-        &format!("1:1 delivered ({pairs} pairs)"),
-        direct_count,
-        direct_wall,
-        direct_rate,
-        direct_lat,
+        &what,
+        direct.delivered.len(),
+        direct.wall,
+        percentiles(&direct.delivered),
     );
     row(
-        "1:1 send→ack",
-        pairs * args.messages,
-        direct_wall,
-        direct_rate,
-        ack_lat,
+        "1:1 send→ack (stored)",
+        direct.acks.len(),
+        direct.ack_wall,
+        percentiles(&direct.acks),
     );
-    let size = args.group_size;
+    let what = format!("group messages ({k} senders of {size})");
+    row(&what, grouped.acks.len(), grouped.wall, group_lat);
+    let (deliveries, wall) = (grouped.delivered.len(), grouped.wall);
     row(
-        &format!("group messages ({k} of {size})"),
-        k * args.group_messages,
-        group_wall,
-        group_msg_rate,
-        group_lat,
-    );
-    row(
-        "group deliveries",
-        group_deliveries,
-        group_wall,
-        group_rate,
+        "group deliveries, send→delivered",
+        deliveries,
+        wall,
         group_lat,
     );
     println!(
-        "group fanout: {group_rate:.0} deliveries/s = {:.2}x the 1:1 message rate",
+        "group fanout: {group_rate:.0} deliveries/s = {:.2}x the 1:1 message rate ({direct_rate:.0}/s)",
         group_rate / direct_rate
     );
-    println!(
-        "disconnects during the run: {}",
-        DISCONNECTS.load(Ordering::Relaxed)
-    );
+    let disconnects = DISCONNECTS.load(Ordering::Relaxed);
+    println!("client disconnects during the run: {disconnects}");
+}
+
+fn row(what: &str, count: usize, wall: Duration, (p50, p99): (f64, f64)) {
+    let (secs, per_s) = (wall.as_secs_f64(), rate(count, wall));
+    println!("| {what} | {count} | {secs:.2} | {per_s:.0} | {p50:.2} | {p99:.2} |");
 }
