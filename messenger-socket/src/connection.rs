@@ -872,12 +872,15 @@ impl<B: Backends> Connection<B> {
         self.handle_frame(ws, frame).await
     }
 
-    /// Runs a request off the loop; its answer (or error) comes back through the queue.
-    fn spawn_request<F>(&self, id: Option<RequestId>, work: F)
+    /// Runs a request off the loop: `work` gets the request id for its answer; the answer (or
+    /// the error frame) comes back through the connection's queue.
+    fn spawn_request<F, W>(&self, id: Option<RequestId>, work: W) -> Result<(), End>
     where
+        W: FnOnce(Option<RequestId>) -> F,
         F: std::future::Future<Output = Result<ServerFrame, Refusal>> + Send + 'static,
     {
         let handle = self.handle.clone();
+        let work = work(id.clone());
         tokio::spawn(async move {
             let frame = match work.await {
                 Ok(frame) => frame,
@@ -885,6 +888,7 @@ impl<B: Backends> Connection<B> {
             };
             handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
         });
+        Ok(())
     }
 
     async fn handle_frame<S>(
@@ -978,95 +982,55 @@ impl<B: Backends> Connection<B> {
                     let handle = self.handle.clone();
                     tokio::spawn(async move {
                         if let Err(refusal) = node.typing(&me, conversation.clone(), active).await {
-                            let frame = ServerFrame::Error {
-                                id: None,
-                                conversation: Some(conversation),
-                                client_msg_id: None,
-                                code: refusal.code,
-                                message: refusal.message,
-                                retryable: false,
-                            };
+                            let frame = conversation_error(conversation, refusal);
                             handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
                         }
                     });
                 }
                 Ok(())
             }
-            ClientFrame::OpenDirect { id, user } => {
-                let request = id.clone();
-                self.spawn_request(id, async move {
-                    match node.open_direct(&me, user).await? {
-                        ServerFrame::Conversation {
-                            conversation,
-                            members,
-                            head,
-                            ..
-                        } => Ok(ServerFrame::Conversation {
-                            id: request,
-                            conversation,
-                            members,
-                            head,
-                        }),
-                        other => Ok(other),
-                    }
-                });
-                Ok(())
-            }
+            ClientFrame::OpenDirect { id, user } => self.spawn_request(id, |request| async move {
+                node.open_direct(request, &me, user).await
+            }),
             ClientFrame::CreateGroup { id, title, members } => {
-                let request = id.clone();
-                self.spawn_request(id, async move {
+                self.spawn_request(id, |request| async move {
                     let conversation = node.create_group(&me, title, members).await?;
                     node.conversation_frame(request, &conversation).await
-                });
-                Ok(())
+                })
             }
             ClientFrame::AddMembers {
                 id,
                 conversation,
                 users,
                 role,
-            } => {
-                let request = id.clone();
-                self.spawn_request(id, async move {
-                    let role = role.unwrap_or(Role::Member);
-                    let seq = node.add_members(&me, &conversation, users, role).await?;
-                    Ok(changed(request, conversation, seq))
-                });
-                Ok(())
-            }
+            } => self.spawn_request(id, |request| async move {
+                let role = role.unwrap_or(Role::Member);
+                let seq = node.add_members(&me, &conversation, users, role).await?;
+                Ok(changed(request, conversation, seq))
+            }),
             ClientFrame::RemoveMember {
                 id,
                 conversation,
                 user,
-            } => {
-                let request = id.clone();
-                self.spawn_request(id, async move {
-                    let seq = node.remove_member(&me, &conversation, user).await?;
-                    Ok(changed(request, conversation, seq))
-                });
-                Ok(())
-            }
+            } => self.spawn_request(id, |request| async move {
+                let seq = node.remove_member(&me, &conversation, user).await?;
+                Ok(changed(request, conversation, seq))
+            }),
             ClientFrame::Leave { id, conversation } => {
-                let request = id.clone();
-                self.spawn_request(id, async move {
+                self.spawn_request(id, |request| async move {
                     let seq = node.leave(&me, &conversation).await?;
                     Ok(changed(request, conversation, seq))
-                });
-                Ok(())
+                })
             }
             ClientFrame::SetRole {
                 id,
                 conversation,
                 user,
                 role,
-            } => {
-                let request = id.clone();
-                self.spawn_request(id, async move {
-                    let seq = node.set_role(&me, &conversation, user, role).await?;
-                    Ok(changed(request, conversation, seq))
-                });
-                Ok(())
-            }
+            } => self.spawn_request(id, |request| async move {
+                let seq = node.set_role(&me, &conversation, user, role).await?;
+                Ok(changed(request, conversation, seq))
+            }),
             ClientFrame::History {
                 id,
                 conversation,
@@ -1074,11 +1038,10 @@ impl<B: Backends> Connection<B> {
                 before,
                 limit,
             } => {
-                let request = id.clone();
                 let limit = limit
                     .unwrap_or(limits.max_history_limit)
                     .clamp(1, limits.max_history_limit);
-                self.spawn_request(id, async move {
+                self.spawn_request(id, |request| async move {
                     node.membership(&conversation, &me.user).await?;
                     let store = node.services().store();
                     let page = match after {
@@ -1112,32 +1075,24 @@ impl<B: Backends> Connection<B> {
                         messages: page.messages,
                         head: page.head,
                     })
-                });
-                Ok(())
+                })
             }
-            ClientFrame::Conversations { id } => {
-                let request = id.clone();
-                self.spawn_request(id, async move {
-                    let conversations =
-                        call(node.services().store(), UserConversations { user: me.user }).await?;
-                    Ok(ServerFrame::Conversations {
-                        id: request,
-                        conversations,
-                    })
-                });
-                Ok(())
-            }
+            ClientFrame::Conversations { id } => self.spawn_request(id, |request| async move {
+                let conversations =
+                    call(node.services().store(), UserConversations { user: me.user }).await?;
+                Ok(ServerFrame::Conversations {
+                    id: request,
+                    conversations,
+                })
+            }),
             ClientFrame::Members { id, conversation } => {
-                let request = id.clone();
-                self.spawn_request(id, async move {
+                self.spawn_request(id, |request| async move {
                     node.membership(&conversation, &me.user).await?;
                     node.conversation_frame(request, &conversation).await
-                });
-                Ok(())
+                })
             }
             ClientFrame::Receipts { id, conversation } => {
-                let request = id.clone();
-                self.spawn_request(id, async move {
+                self.spawn_request(id, |request| async move {
                     node.membership(&conversation, &me.user).await?;
                     let receipts = call(
                         node.services().store(),
@@ -1151,8 +1106,7 @@ impl<B: Backends> Connection<B> {
                         conversation,
                         receipts,
                     })
-                });
-                Ok(())
+                })
             }
             ClientFrame::LastSeen { id, users } => {
                 if let Err(refusal) = check_user_count(&users, limits.max_users_per_request) {
@@ -1160,12 +1114,10 @@ impl<B: Backends> Connection<B> {
                         .reply(ws, ServerFrame::error(id, refusal.code, refusal.message))
                         .await;
                 }
-                let request = id.clone();
-                self.spawn_request(id, async move {
+                self.spawn_request(id, |request| async move {
                     let users = node.presence_of(users).await?;
                     Ok(ServerFrame::LastSeen { id: request, users })
-                });
-                Ok(())
+                })
             }
             ClientFrame::SubscribePresence { id, users } => {
                 if let Err(refusal) = check_user_count(&users, limits.max_users_per_request) {
@@ -1229,17 +1181,22 @@ impl<B: Backends> Connection<B> {
                 .update_receipt(&me, conversation.clone(), kind, seq)
                 .await
             {
-                let frame = ServerFrame::Error {
-                    id: None,
-                    conversation: Some(conversation),
-                    client_msg_id: None,
-                    code: refusal.code,
-                    message: refusal.message,
-                    retryable: refusal.code.is_retryable(),
-                };
+                let frame = conversation_error(conversation, refusal);
                 handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
             }
         });
+    }
+}
+
+/// The error frame for a refused frame about `conversation` that has no request id.
+fn conversation_error(conversation: ConversationId, refusal: Refusal) -> ServerFrame {
+    ServerFrame::Error {
+        id: None,
+        conversation: Some(conversation),
+        client_msg_id: None,
+        code: refusal.code,
+        message: refusal.message,
+        retryable: refusal.code.is_retryable(),
     }
 }
 

@@ -544,8 +544,11 @@ impl<B: Backends> Node<B> {
         Ok(self.store_pending(pending).await?.message)
     }
 
+    /// Creates (if needed) the direct conversation with `other`; answers its `conversation`
+    /// frame.
     pub(crate) async fn open_direct(
         &self,
+        request: Option<messenger_core::RequestId>,
         identity: &Identity,
         other: UserId,
     ) -> Result<ServerFrame, Refusal> {
@@ -575,7 +578,7 @@ impl<B: Backends> Node<B> {
         )
         .await?;
         self.invalidate(&id);
-        self.conversation_frame(None, &id).await
+        self.conversation_frame(request, &id).await
     }
 
     pub(crate) async fn conversation_frame(

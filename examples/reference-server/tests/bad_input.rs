@@ -319,32 +319,62 @@ async fn signed_tokens_are_checked_and_expiry_closes_the_connection() {
 /// served and every message is stored.
 #[tokio::test]
 async fn a_client_that_never_reads_is_closed_and_loses_nothing() {
-    const COUNT: usize = 1500;
+    const COUNT: usize = 2000;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         dir.path(),
-        // The queue must hold a whole commit batch (256) for the reading clients.
-        &["--outbound-queue", "512", "--write-timeout-ms", "1000"],
+        &["--outbound-queue", "1024", "--write-timeout-ms", "1000"],
     );
-    let (alice, mut alice_events) = connect(&server, "alice:phone").await;
-    // Alice reads steadily (her own messages come back to her).
-    tokio::spawn(async move { while alice_events.next().await.is_some() {} });
+    let (alice, _alice_events) = connect(&server, "alice:phone").await;
     let id = alice
         .open_direct(&user("bob"))
         .await
         .unwrap()
         .conversation
         .id;
+    alice.close().await;
     let mut stalled = raw_authed(&server, "bob:phone").await;
 
+    // The sender is a raw connection that never syncs, so only its small `sent` acks come
+    // back (entries are not delivered before a sync); a reader task takes them.
+    let mut sender = common::raw(&server).await;
+    send_json(
+        &mut sender,
+        json!({"type": "hello", "v": 1, "token": "alice:laptop"}),
+    )
+    .await;
+    assert!(matches!(
+        next_frame(&mut sender).await,
+        ServerFrame::Welcome { .. }
+    ));
+    let (mut outgoing, mut incoming) = futures_util::StreamExt::split(sender);
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < COUNT {
+            match futures_util::StreamExt::next(&mut incoming).await {
+                Some(Ok(tungstenite::Message::Text(text))) => {
+                    let frame: ServerFrame = serde_json::from_str(&text).unwrap();
+                    match frame {
+                        ServerFrame::Sent { .. } => acked += 1,
+                        ServerFrame::Error { .. } => panic!("{frame:?}"),
+                        _ => {}
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("sender connection ended: {other:?}"),
+            }
+        }
+    });
     let text = "y".repeat(16_000);
-    let mut pending = Vec::new();
-    for _ in 0..COUNT {
-        pending.push(alice.send_text(&id, text.clone()));
+    for n in 0..COUNT {
+        let frame = json!({"type": "send", "conversation": id.as_str(), "client_msg_id": format!("big-{n}"),
+                           "body": {"kind": "text", "text": text}});
+        outgoing
+            .send(tungstenite::Message::text(frame.to_string()))
+            .await
+            .unwrap();
     }
-    for sent in pending {
-        sent.await.unwrap();
-    }
+    acks.await.unwrap();
     // Now drain what reached the stalled socket: it ends with the slow-consumer close, or
     // with the connection dropped when even the close frame could not be written.
     let code = close_code(&mut stalled).await;
