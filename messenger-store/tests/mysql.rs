@@ -1,0 +1,81 @@
+//! The conformance suite on the MySQL / MariaDB backend.
+//!
+//! Runs when `MESSENGER_TEST_MYSQL_URL` names a database (`scripts/mariadb.sh` starts one and
+//! prints the URL); otherwise prints one skip line and passes.
+#![cfg(feature = "mysql")]
+
+use messenger_core::ErrorKind;
+use messenger_store::Store;
+use messenger_store::conformance;
+use messenger_store::mysql::{MysqlConfig, MysqlStore};
+
+const URL_VARIABLE: &str = "MESSENGER_TEST_MYSQL_URL";
+
+fn url() -> Option<String> {
+    match std::env::var(URL_VARIABLE) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "SKIPPED: MySQL/MariaDB store tests: set {URL_VARIABLE} (e.g. from scripts/mariadb.sh) to run them"
+            );
+            None
+        }
+    }
+}
+
+async fn connect(url: &str) -> Store<MysqlStore> {
+    Store::new(
+        MysqlStore::connect(url)
+            .await
+            .expect("connect to the test database"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_mysql() {
+    let Some(url) = url() else { return };
+    let store = connect(&url).await;
+    conformance::run_all(&store).await;
+    // Twice on the same database, and a second store connecting to an already migrated
+    // schema: migrations are safe to run again, the suite assumes nothing about what is stored.
+    let again = connect(&url).await;
+    conformance::run_all(&again).await;
+    store.backend().disconnect().await.expect("disconnect");
+    again.backend().disconnect().await.expect("disconnect");
+}
+
+#[tokio::test]
+async fn migrations_are_recorded_and_checkable() {
+    let Some(url) = url() else { return };
+    // Apply (or find applied) ...
+    let first = MysqlStore::connect(url.as_str()).await.expect("connect");
+    first.disconnect().await.expect("disconnect");
+    // ... then connect with migrations off: the version check passes.
+    let mut config = MysqlConfig::new(url);
+    config.migrate = false;
+    let checked = MysqlStore::connect_with(config)
+        .await
+        .expect("the schema is at this build's version");
+    checked.disconnect().await.expect("disconnect");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable() {
+    // Needs no server: nothing listens on port 1.
+    let mut config = MysqlConfig::new("mysql://messenger:secret@127.0.0.1:1/messenger_test");
+    config.connect_timeout = std::time::Duration::from_secs(3);
+    let err = MysqlStore::connect_with(config)
+        .await
+        .expect_err("nothing listens there");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_temporary());
+    assert!(!err.to_string().contains("secret"));
+}
+
+#[tokio::test]
+async fn a_malformed_url_is_an_invalid_request() {
+    let err = MysqlStore::connect("postgres://nope")
+        .await
+        .expect_err("not a MySQL URL");
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
+}
