@@ -42,15 +42,8 @@ async fn conformance_on_mysql() {
     conformance::run_all(&again).await;
     store.backend().disconnect().await.expect("disconnect");
     again.backend().disconnect().await.expect("disconnect");
-}
 
-#[tokio::test]
-async fn migrations_are_recorded_and_checkable() {
-    let Some(url) = url() else { return };
-    // Apply (or find applied) ...
-    let first = MysqlStore::connect(url.as_str()).await.expect("connect");
-    first.disconnect().await.expect("disconnect");
-    // ... then connect with migrations off: the version check passes.
+    // With migrations off, connecting only checks that the schema is at this build's version.
     let mut config = MysqlConfig::new(url);
     config.migrate = false;
     let checked = MysqlStore::connect_with(config)

@@ -72,9 +72,8 @@ pub(crate) fn decode_conversation(row: &mut Row) -> Result<Conversation, MysqlEr
     let created_at: u64 = take(row, 4)?;
     Ok(Conversation {
         id: parse_id(&id)?,
-        kind: ConversationKind::parse(&kind).ok_or_else(|| {
-            MysqlError::Corrupt(format!("unknown conversation kind {kind:?}"))
-        })?,
+        kind: ConversationKind::parse(&kind)
+            .ok_or_else(|| MysqlError::Corrupt(format!("unknown conversation kind {kind:?}")))?,
         title,
         created_by: parse_id::<UserId>(&created_by)?,
         created_at: Timestamp(created_at),
@@ -116,10 +115,7 @@ pub(crate) async fn message_by_key(
 }
 
 /// The conversation's head (`0` when it has no entry).
-pub(crate) async fn head(
-    conn: &mut impl Queryable,
-    conversation: &str,
-) -> Result<Seq, MysqlError> {
+pub(crate) async fn head(conn: &mut impl Queryable, conversation: &str) -> Result<Seq, MysqlError> {
     let row: Option<Row> = conn
         .exec_first(
             "SELECT head FROM heads WHERE conversation = ?",

@@ -39,7 +39,9 @@ pub(crate) enum MysqlError {
     Json(#[from] serde_json::Error),
     #[error("the database schema version {found} is newer than this build knows ({known})")]
     SchemaTooNew { found: u64, known: u64 },
-    #[error("the database schema is at version {found}, this build needs {known}; migrations are off")]
+    #[error(
+        "the database schema is at version {found}, this build needs {known}; migrations are off"
+    )]
     SchemaTooOld { found: u64, known: u64 },
     #[error("no connection to the database within {0:?}")]
     ConnectTimeout(std::time::Duration),

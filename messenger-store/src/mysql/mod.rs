@@ -35,8 +35,8 @@ use messenger_core::store::{
     ReceiptUpdated, SetLastSeen, UpdateReceipt, UserConversations, VoidSeq,
 };
 use messenger_core::{
-    Body, ConversationSummary, Error, ErrorKind, Member, Message, ReceiptKind, Receipts, Role,
-    Seq, Timestamp, UserId,
+    Body, ConversationSummary, Error, ErrorKind, Member, Message, ReceiptKind, Receipts, Role, Seq,
+    Timestamp, UserId,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, TxOpts, Value};
@@ -427,10 +427,7 @@ impl MysqlStore {
 }
 
 /// Inserts `message` unless its seq is taken, raising the head when it was inserted.
-async fn insert_if_free(
-    conn: &mut impl Queryable,
-    message: &Message,
-) -> Result<bool, MysqlError> {
+async fn insert_if_free(conn: &mut impl Queryable, message: &Message) -> Result<bool, MysqlError> {
     let seq = checked("seq", message.seq.get())?;
     let body = serde_json::to_vec(&message.body)?;
     let conversation = message.conversation.as_str();

@@ -125,8 +125,9 @@ pub(crate) async fn migrate(conn: &mut Conn, lock_timeout_secs: u64) -> Result<(
         return Err(MysqlError::MigrationLock);
     }
     let outcome = migrate_locked(conn).await;
-    let released: Result<Option<Row>, _> =
-        conn.exec_first("SELECT RELEASE_LOCK(?)", (LOCK_NAME,)).await;
+    let released: Result<Option<Row>, _> = conn
+        .exec_first("SELECT RELEASE_LOCK(?)", (LOCK_NAME,))
+        .await;
     outcome?;
     released?;
     Ok(())
@@ -149,8 +150,7 @@ async fn migrate_locked(conn: &mut Conn) -> Result<(), MysqlError> {
             known: VERSION,
         });
     }
-    for (index, (description, statements)) in MIGRATIONS.iter().enumerate().skip(found as usize)
-    {
+    for (index, (description, statements)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         for statement in *statements {
             conn.query_drop(*statement).await?;
         }
