@@ -7,6 +7,11 @@
 //! store: see `docs/store.md` for the tables, the dialect notes (MariaDB 10.6+ and MySQL 8)
 //! and how each request maps to SQL.
 //!
+//! # Cancellation safety
+//! Dropping a write's future may leave its transaction committed (when COMMIT had reached the
+//! server) or rolled back (the connection is dropped, and the server undoes what was not
+//! committed): never half-applied. Retrying is always safe.
+//!
 //! ```no_run
 //! use messenger_store::Store;
 //! use messenger_store::mysql::{MysqlConfig, MysqlStore};
@@ -330,6 +335,14 @@ impl MysqlStore {
                 head,
             });
         }
+        // Make sure the row exists, then lock it: concurrent updates of one user's receipt
+        // run one after the other, so `changed` and the answer are exact.
+        tx.exec_drop(
+            "INSERT INTO receipts (conversation, user_id, delivered_seq, read_seq) \
+             VALUES (?, ?, 0, 0) ON DUPLICATE KEY UPDATE delivered_seq = delivered_seq",
+            (conversation, user),
+        )
+        .await?;
         let stored: Option<Row> = tx
             .exec_first(
                 "SELECT delivered_seq, read_seq FROM receipts \
@@ -339,7 +352,11 @@ impl MysqlStore {
             .await?;
         let (delivered, read) = match stored {
             Some(mut row) => (Seq(take(&mut row, 0)?), Seq(take(&mut row, 1)?)),
-            None => (Seq::ZERO, Seq::ZERO),
+            None => {
+                return Err(MysqlError::Corrupt(format!(
+                    "the receipt row of {user} in {conversation} vanished"
+                )));
+            }
         };
         let new_read = match request.kind {
             ReceiptKind::Read => read.max(request.seq),
@@ -349,19 +366,10 @@ impl MysqlStore {
         let new_delivered = delivered.max(request.seq).max(new_read);
         let changed = new_delivered != delivered || new_read != read;
         if changed {
-            // GREATEST keeps the watermarks monotonic even against a concurrent first insert.
             tx.exec_drop(
-                "INSERT INTO receipts (conversation, user_id, delivered_seq, read_seq) \
-                 VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
-                 delivered_seq = GREATEST(delivered_seq, ?), read_seq = GREATEST(read_seq, ?)",
-                (
-                    conversation,
-                    user,
-                    new_delivered.get(),
-                    new_read.get(),
-                    new_delivered.get(),
-                    new_read.get(),
-                ),
+                "UPDATE receipts SET delivered_seq = ?, read_seq = ? \
+                 WHERE conversation = ? AND user_id = ?",
+                (new_delivered.get(), new_read.get(), conversation, user),
             )
             .await?;
         }
