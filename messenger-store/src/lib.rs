@@ -275,5 +275,7 @@ mod tests {
     #[test]
     fn store_is_a_store_service() {
         assert_store_service::<Store<EmbeddedStore>>();
+        #[cfg(feature = "mysql")]
+        assert_store_service::<Store<mysql::MysqlStore>>();
     }
 }
