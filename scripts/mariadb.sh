@@ -93,14 +93,17 @@ mariadbd --no-defaults "${user_args[@]}" --datadir="$datadir" --socket="$socket"
   --port="$port" --bind-address=127.0.0.1 --pid-file="$pidfile" --log-error="$logfile" \
   --skip-name-resolve --innodb-buffer-pool-size=128M --max-connections=500 \
   >/dev/null 2>&1 &
+server_pid=$!
 disown || true
 
 for _ in $(seq 1 300); do
   answers && break
+  # It exits at once when, for example, the port is taken by another server.
+  kill -0 "$server_pid" 2>/dev/null || break
   sleep 0.1
 done
 if ! answers; then
-  echo "mariadb did not answer within 30 s; its log:" >&2
+  echo "mariadb did not start (port ${port} taken? see its log):" >&2
   tail -n 30 "$logfile" >&2 || true
   exit 1
 fi
