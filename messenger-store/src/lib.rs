@@ -45,7 +45,7 @@
 //! | module | feature | what |
 //! |---|---|---|
 //! | [`embedded`] | always built | one SQLite file (WAL, `synchronous=FULL`) with group commit |
-//! | `mysql` | `mysql` (planned) | MySQL / MariaDB, shared by several nodes |
+//! | `mysql` | `mysql` | MySQL / MariaDB, shared by several nodes (`mysql::MysqlStore`) |
 //! | `scylla` | `scylla` (planned) | ScyllaDB / Cassandra, scale-out |
 //!
 //! With the `conformance` feature, `conformance` holds the behaviour tests every backend
@@ -68,6 +68,8 @@ use messenger_core::{
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 
 pub use embedded::{EmbeddedConfig, EmbeddedStore};
 
@@ -273,5 +275,7 @@ mod tests {
     #[test]
     fn store_is_a_store_service() {
         assert_store_service::<Store<EmbeddedStore>>();
+        #[cfg(feature = "mysql")]
+        assert_store_service::<Store<mysql::MysqlStore>>();
     }
 }
