@@ -16,7 +16,8 @@ use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator, JwtAuthenticato
 use messenger_socket::hub::Hub;
 use messenger_socket::presence::MemoryPresence;
 use messenger_socket::{Node, NodeConfig, Server, ServerConfig, Services};
-use messenger_store::{EmbeddedConfig, EmbeddedStore, Store};
+use messenger_store::mysql::MysqlStore;
+use messenger_store::{EmbeddedConfig, EmbeddedStore, Store, StoreBackend};
 use tower::ServiceBuilder;
 use tracing_subscriber::EnvFilter;
 
@@ -31,6 +32,17 @@ struct Args {
     /// Directory for the embedded store (created if missing).
     #[arg(long, env = "MESSENGER_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
+
+    /// The message store: `embedded` (a SQLite file in --data-dir) or a shared database,
+    /// `mysql://USER:PASSWORD@HOST:PORT/DATABASE` (MySQL 8 or MariaDB; the schema is migrated
+    /// at start).
+    #[arg(
+        long,
+        env = "MESSENGER_STORE",
+        default_value = "embedded",
+        hide_env_values = true
+    )]
+    store: String,
 
     /// How clients authenticate: `dev` trusts tokens of the form `user:device`; `jwt` checks
     /// HS256-signed tokens (claims `sub`, `device`, `exp`).
@@ -141,16 +153,36 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|err| format!("cannot create {}: {err}", args.data_dir.display()))?;
-    let path = args.data_dir.join("messages.db");
-    let embedded =
-        tokio::task::spawn_blocking(move || EmbeddedStore::open_with(EmbeddedConfig::new(path)))
-            .await??;
-    let store = Store::new(embedded);
+    if args.store == "embedded" {
+        std::fs::create_dir_all(&args.data_dir)
+            .map_err(|err| format!("cannot create {}: {err}", args.data_dir.display()))?;
+        let path = args.data_dir.join("messages.db");
+        let embedded = tokio::task::spawn_blocking(move || {
+            EmbeddedStore::open_with(EmbeddedConfig::new(path))
+        })
+        .await??;
+        tracing::info!(data_dir = %args.data_dir.display(), "embedded store");
+        serve(Store::new(embedded), auth, args).await
+    } else if args.store.starts_with("mysql://") {
+        let mysql = MysqlStore::connect(args.store.clone())
+            .await
+            .map_err(|err| format!("cannot use the MySQL store: {err}"))?;
+        tracing::info!("mysql store");
+        serve(Store::new(mysql), auth, args).await
+    } else {
+        Err("--store must be `embedded` or a mysql:// URL".into())
+    }
+}
 
+/// Composes a node over `store` and serves it until a shutdown signal.
+async fn serve<B: StoreBackend>(
+    store: Store<B>,
+    auth: AnyAuthenticator,
+    args: Args,
+) -> Result<(), Box<dyn std::error::Error>> {
     // The sequencer starts empty and learns each conversation's floor from the store, so
-    // seqs continue after a restart.
+    // seqs continue after a restart (and, with a shared store, after another node's writes:
+    // a conflict fences it forward).
     let sequencer = Sequencer::new(MemorySequencer::new(store.clone()));
     let hub = Hub::new();
     let fanout = Fanout::new(LocalFanout::new(Arc::clone(&hub)));
@@ -183,7 +215,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|err| format!("cannot listen on {}: {err}", args.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, data_dir = %args.data_dir.display(), "listening");
+    tracing::info!(%address, "listening");
     // Tests and scripts read this line to find the port.
     println!("listening on {address}");
     server.run(listener, shutdown_signal()).await?;
