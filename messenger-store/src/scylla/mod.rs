@@ -86,8 +86,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use futures_util::TryStreamExt as _;
-use futures_util::future::try_join_all;
+use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
     GetConversation, GetHead, GetLastSeen, GetReceipts, MessagePage, ReadBefore, ReadRange,
@@ -114,6 +113,17 @@ use crate::StoreBackend;
 /// How many times an append re-reads a claim that others keep changing before it gives up
 /// with `Unavailable` (each round is a few lightweight transactions).
 const CLAIM_ROUNDS: usize = 5;
+
+/// How long after an entry was accepted a retry of it re-applies its membership change (to
+/// finish a projection cut short by a crash). The re-applied rows carry the entry's seq as
+/// write timestamp, so a later change wins over them, but only while the later change's
+/// tombstone exists: tombstones live `gc_grace_seconds` (10 days by default), far longer
+/// than this window. Older retries only raise the head again.
+const REPROJECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// At most this many single-partition reads run at once for one request (listing a user's
+/// conversations, last seen of many users).
+const READ_CONCURRENCY: usize = 32;
 
 /// Members per logged batch (each member is two statements: `members`, `members_by_user`).
 const MEMBERS_PER_BATCH: usize = 64;
@@ -452,11 +462,7 @@ impl ScyllaStore {
         }
         let held = inserted.message()?;
         if held.sender == message.sender && held.client_msg_id == message.client_msg_id {
-            self.finish(&held).await?;
-            return Ok(Appended {
-                message: Arc::new(held),
-                duplicate: true,
-            });
+            return self.duplicate(message, held).await;
         }
         let seq = to_bigint("seq", message.seq.get())?;
         self.lwt(
@@ -475,8 +481,9 @@ impl ScyllaStore {
         })
     }
 
-    /// A retry of `original`: void the retry's own seq, finish the original again (both
-    /// steps are idempotent), answer the original.
+    /// A retry of `original`: void the retry's own seq, raise the head again, re-apply the
+    /// original's membership change while it is recent (see [`REPROJECT_WINDOW`]), answer
+    /// the original.
     async fn duplicate(
         &self,
         retry: &Arc<Message>,
@@ -486,7 +493,14 @@ impl ScyllaStore {
             self.void_at(&retry.conversation, retry.seq, retry.sent_at)
                 .await?;
         }
-        self.finish(&original).await?;
+        let age = Timestamp::now()
+            .as_millis()
+            .saturating_sub(original.sent_at.as_millis());
+        if u128::from(age) < REPROJECT_WINDOW.as_millis() {
+            self.project_membership(&original).await?;
+        }
+        self.raise_head(original.conversation.as_str(), original.seq)
+            .await?;
         Ok(Appended {
             message: Arc::new(original),
             duplicate: true,
@@ -863,12 +877,13 @@ impl ScyllaStore {
             let Some(role) = role else { continue };
             memberships.push((conversation, codec::parse_role(&role)?));
         }
-        let summaries = try_join_all(
-            memberships
-                .iter()
-                .map(|(conversation, role)| self.summary(user, conversation, *role)),
-        )
-        .await?;
+        let summaries: Vec<Option<ConversationSummary>> = stream::iter(memberships)
+            .map(
+                |(conversation, role)| async move { self.summary(user, &conversation, role).await },
+            )
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
         Ok(summaries.into_iter().flatten().collect())
     }
 
@@ -994,13 +1009,11 @@ impl StoreBackend for ScyllaStore {
         &self,
         request: GetLastSeen,
     ) -> Result<Vec<(UserId, Option<Timestamp>)>, Error> {
-        let seen = try_join_all(
-            request
-                .users
-                .iter()
-                .map(|user| self.last_seen_of(user.as_str())),
-        )
-        .await?;
+        let seen: Vec<Option<Timestamp>> = stream::iter(request.users.clone())
+            .map(|user| async move { self.last_seen_of(user.as_str()).await })
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
         Ok(request.users.into_iter().zip(seen).collect())
     }
 }
