@@ -163,6 +163,8 @@ impl ScyllaStore {
     /// name; `Unexpected` when the keyspace's schema is newer than this build, or the cluster
     /// refused the credentials or a schema statement.
     pub async fn connect(config: ScyllaConfig) -> Result<Self, Error> {
+        // Refuse a bad configuration before touching the network.
+        schema::check_keyspace(&config.keyspace)?;
         let timeout = config.connect_timeout;
         let connected = tokio::time::timeout(timeout, async {
             let mut builder = SessionBuilder::new()

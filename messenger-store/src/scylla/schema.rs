@@ -39,6 +39,15 @@ pub(crate) fn valid_keyspace(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Refuses a keyspace name that cannot be put in a statement unquoted.
+pub(crate) fn check_keyspace(name: &str) -> Result<(), ScyllaError> {
+    if valid_keyspace(name) {
+        Ok(())
+    } else {
+        Err(ScyllaError::BadKeyspace(name.to_owned()))
+    }
+}
+
 /// `CREATE KEYSPACE IF NOT EXISTS` for the configured keyspace and replication.
 pub(crate) fn create_keyspace(config: &ScyllaConfig) -> String {
     format!(
@@ -50,9 +59,7 @@ pub(crate) fn create_keyspace(config: &ScyllaConfig) -> String {
 /// Creates the keyspace (when `config.migrate`), switches `session` to it, applies the
 /// schema file and records its version; with `config.migrate` off, only checks the version.
 pub(crate) async fn apply(session: &Session, config: &ScyllaConfig) -> Result<(), ScyllaError> {
-    if !valid_keyspace(&config.keyspace) {
-        return Err(ScyllaError::BadKeyspace(config.keyspace.clone()));
-    }
+    check_keyspace(&config.keyspace)?;
     if config.migrate {
         session.query_unpaged(create_keyspace(config), ()).await?;
     }
