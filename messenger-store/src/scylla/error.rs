@@ -4,7 +4,7 @@ use messenger_core::{ConversationId, Error, ErrorKind, Seq};
 use scylla::errors::{
     DbError, DeserializationError, ExecutionError, IntoRowsResultError, MaybeFirstRowError,
     NewSessionError, NextPageError, NextRowError, PagerExecutionError, PrepareError,
-    RequestAttemptError, RowsError, TypeCheckError, UseKeyspaceError,
+    RequestAttemptError, RowsError, TypeCheckError, UseKeyspaceError, WriteType,
 };
 
 /// The backend name carried by every error of this backend.
@@ -94,6 +94,25 @@ corrupt_from!(
 );
 
 impl ScyllaError {
+    /// Whether a lightweight transaction timed out in its Paxos phase (contention with other
+    /// writers of the same partition): its outcome is unknown, and running the same
+    /// idempotent operation again converges.
+    pub(crate) fn is_cas_timeout(&self) -> bool {
+        matches!(
+            self,
+            ScyllaError::Execution(err) if matches!(
+                &**err,
+                ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                    DbError::WriteTimeout {
+                        write_type: WriteType::Cas,
+                        ..
+                    },
+                    _,
+                ))
+            )
+        )
+    }
+
     fn kind(&self) -> ErrorKind {
         match self {
             ScyllaError::SeqTaken { .. } => ErrorKind::Conflict,
@@ -232,6 +251,22 @@ mod tests {
         assert!(timeout.is_temporary());
         let down = Error::from(ScyllaError::from(ExecutionError::EmptyPlan));
         assert_eq!(down.kind(), ErrorKind::Unavailable);
+        let cas = |write_type| {
+            ScyllaError::from(ExecutionError::LastAttemptError(
+                RequestAttemptError::DbError(
+                    DbError::WriteTimeout {
+                        consistency: scylla::statement::Consistency::LocalQuorum,
+                        received: 1,
+                        required: 2,
+                        write_type,
+                    },
+                    "timeout".to_owned(),
+                ),
+            ))
+        };
+        assert!(cas(WriteType::Cas).is_cas_timeout());
+        assert!(!cas(WriteType::Simple).is_cas_timeout());
+        assert_eq!(Error::from(cas(WriteType::Cas)).kind(), ErrorKind::Timeout);
         assert!(
             Error::from(ScyllaError::Contended("append"))
                 .to_string()

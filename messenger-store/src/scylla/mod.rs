@@ -1,7 +1,7 @@
 //! The ScyllaDB / Cassandra store: the scale-out backend (feature `scylla`).
 //!
-//! Built on the [`scylla`] driver. Every statement is prepared once when the store connects,
-//! so the driver's default load-balancing policy — token aware: each request goes straight to
+//! Built on the [`scylla`] driver. Every statement is prepared once when the store
+//! connects, so the driver's default load-balancing policy — token aware: each request goes straight to
 //! a replica of its partition — routes it; range reads page through the driver (page size
 //! [`ScyllaConfig::page_size`]). The schema ships in the crate (`src/scylla/schema.cql`,
 //! [`ScyllaStore::schema`]) and is applied on connect (`CREATE ... IF NOT EXISTS`, version
@@ -29,8 +29,8 @@
 //! A crash between the two transactions leaves a claim pointing at an empty seq. A retry of
 //! the same message (same sender and `client_msg_id`) finds the claim and converges:
 //! - the claimed seq holds the message: it is the original, answered with `duplicate: true`
-//!   (the retry's own seq is voided, and the head and membership are written again — both
-//!   are idempotent, see below);
+//!   (the retry's own seq is voided and the head raised again; the membership change is
+//!   re-applied when the original is less than 24 hours old, see below);
 //! - the claimed seq is empty: the retry writes the message there (`IF NOT EXISTS`) and voids
 //!   its own seq;
 //! - the claimed seq holds another entry (its append was refused and the claim not released,
@@ -44,7 +44,9 @@
 //! with the server's clock (microseconds since 1970 would beat every seq forever); every
 //! statement of the store gives its timestamp explicitly. Membership rows use the same rule
 //! with the seq of the membership change (0 for the members given at creation), so
-//! projecting a change twice, or two changes out of order, leaves the state of the latest.
+//! projecting a change twice, or two changes out of order, leaves the state of the latest —
+//! as long as the later change's tombstone exists (`gc_grace_seconds`, 10 days by default),
+//! which is why a retry re-applies a membership change only within 24 hours.
 //!
 //! Membership changes write `members` and `members_by_user` in one **logged batch** (in
 //! chunks of 64 members): the batch log guarantees that all of its statements are applied
@@ -124,6 +126,9 @@ const REPROJECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 
 /// At most this many single-partition reads run at once for one request (listing a user's
 /// conversations, last seen of many users).
 const READ_CONCURRENCY: usize = 32;
+
+/// How many times an append runs when its lightweight transactions time out for contention.
+const CAS_ATTEMPTS: u32 = 3;
 
 /// Members per logged batch (each member is two statements: `members`, `members_by_user`).
 const MEMBERS_PER_BATCH: usize = 64;
@@ -944,7 +949,25 @@ impl ScyllaStore {
 
 impl StoreBackend for ScyllaStore {
     async fn append(&self, request: AppendMessage) -> Result<Appended, Error> {
-        Ok(self.append_message(&request.message).await?)
+        let mut attempts = 1;
+        loop {
+            match self.append_message(&request.message).await {
+                // Paxos contention: the append is idempotent, run it again (a first attempt
+                // that did land is then found through its key and answered as the original).
+                Err(err) if err.is_cas_timeout() && attempts < CAS_ATTEMPTS => {
+                    attempts += 1;
+                    tracing::debug!(error = %err, attempts, "retrying a contended append");
+                }
+                Ok(mut appended) => {
+                    // Our own earlier attempt, found again: not a retry of the caller's.
+                    if attempts > 1 && appended.duplicate && appended.message == request.message {
+                        appended.duplicate = false;
+                    }
+                    return Ok(appended);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
 
     async fn void_seq(&self, request: VoidSeq) -> Result<Arc<Message>, Error> {
