@@ -158,6 +158,80 @@ enum MemberChange {
     Remove(String),
 }
 
+/// The membership rows a change of the log writes, given the current members (read only for
+/// `MembersAdded` and `RoleChanged`).
+fn membership_changes(message: &Message, current: &[Member]) -> Vec<MemberChange> {
+    let mut changes = Vec::new();
+    match &message.body {
+        Body::GroupCreated { members, .. } => {
+            for member in members {
+                changes.push(MemberChange::Put(member.user.to_string(), member.role));
+            }
+        }
+        Body::MembersAdded { users, role } => {
+            // Members already there keep their role.
+            let present: BTreeSet<&UserId> = current.iter().map(|member| &member.user).collect();
+            for user in users {
+                if !present.contains(user) {
+                    changes.push(MemberChange::Put(user.to_string(), *role));
+                }
+            }
+        }
+        Body::MemberRemoved { user } => changes.push(MemberChange::Remove(user.to_string())),
+        Body::MemberLeft => changes.push(MemberChange::Remove(message.sender.to_string())),
+        // A role change of a non-member changes nothing.
+        Body::RoleChanged { user, role } if current.iter().any(|member| &member.user == user) => {
+            if *role == Role::Owner {
+                // One owner: the previous one becomes an admin.
+                for member in current {
+                    if &member.user != user && member.role == Role::Owner {
+                        changes.push(MemberChange::Put(member.user.to_string(), Role::Admin));
+                    }
+                }
+            }
+            changes.push(MemberChange::Put(user.to_string(), *role));
+        }
+        _ => {}
+    }
+    changes
+}
+
+/// A receipt's new watermarks `(delivered, read, changed)`: never lower, read implies
+/// delivered.
+fn next_watermarks(delivered: Seq, read: Seq, kind: ReceiptKind, seq: Seq) -> (Seq, Seq, bool) {
+    let new_read = match kind {
+        ReceiptKind::Read => read.max(seq),
+        ReceiptKind::Delivered => read,
+    };
+    let new_delivered = delivered.max(seq).max(new_read);
+    let changed = new_delivered != delivered || new_read != read;
+    (new_delivered, new_read, changed)
+}
+
+/// What an append does when its key was claimed before, at another attempt's seq, from what
+/// that seq holds.
+#[derive(Debug, PartialEq, Eq)]
+enum ClaimedSeq {
+    /// The seq holds this very message (same sender and key): the append is a retry.
+    Original(Message),
+    /// The seq holds another entry: the claim is stale and moves to the append's seq.
+    Stale,
+    /// The seq is empty: the claiming attempt is in flight or was cut short; complete it.
+    Empty,
+}
+
+fn classify_claim(held: Option<Message>, message: &Message) -> ClaimedSeq {
+    match held {
+        Some(held)
+            if held.sender == message.sender && held.client_msg_id == message.client_msg_id =>
+        {
+            ClaimedSeq::Original(held)
+        }
+        Some(_) => ClaimedSeq::Stale,
+        None => ClaimedSeq::Empty,
+    }
+}
+
 impl ScyllaStore {
     /// Connects to the cluster described by `config` (contact points, credentials, preferred
     /// datacenter), then sets the store up as [`ScyllaStore::new`] does.
@@ -407,14 +481,12 @@ impl ScyllaStore {
                 continue;
             };
             let at_seq = from_bigint("seq", at)?;
-            match self.message_at(conversation, at_seq).await? {
-                Some(held)
-                    if held.sender == message.sender
-                        && held.client_msg_id == message.client_msg_id =>
-                {
-                    return self.duplicate(message, held).await;
+            let held = self.message_at(conversation, at_seq).await?;
+            match classify_claim(held, message) {
+                ClaimedSeq::Original(original) => {
+                    return self.duplicate(message, original).await;
                 }
-                Some(_) => {
+                ClaimedSeq::Stale => {
                     // A stale claim: its append was refused or its seq voided. Move it here.
                     let moved = self
                         .lwt(
@@ -428,7 +500,7 @@ impl ScyllaStore {
                     // Moved or released by someone else meanwhile: look again.
                     claimed = moved.bigint("seq").ok();
                 }
-                None => {
+                ClaimedSeq::Empty => {
                     // The claim's append is in flight or was cut short: complete it there.
                     let original = Message {
                         seq: Seq(at_seq),
@@ -537,46 +609,16 @@ impl ScyllaStore {
             return Ok(());
         }
         let conversation = message.conversation.as_str();
-        let mut changes = Vec::new();
-        match &message.body {
-            Body::GroupCreated { members, .. } => {
-                for member in members {
-                    changes.push(MemberChange::Put(member.user.to_string(), member.role));
-                }
-            }
-            Body::MembersAdded { users, role } => {
-                // Members already there keep their role.
-                let current: BTreeSet<UserId> = self
-                    .members_of(conversation)
-                    .await?
-                    .into_iter()
-                    .map(|member| member.user)
-                    .collect();
-                for user in users {
-                    if !current.contains(user) {
-                        changes.push(MemberChange::Put(user.to_string(), *role));
-                    }
-                }
-            }
-            Body::MemberRemoved { user } => changes.push(MemberChange::Remove(user.to_string())),
-            Body::MemberLeft => changes.push(MemberChange::Remove(message.sender.to_string())),
-            Body::RoleChanged { user, role } => {
-                let current = self.members_of(conversation).await?;
-                if current.iter().any(|member| &member.user == user) {
-                    if *role == Role::Owner {
-                        // One owner: the previous one becomes an admin.
-                        for member in &current {
-                            if &member.user != user && member.role == Role::Owner {
-                                changes
-                                    .push(MemberChange::Put(member.user.to_string(), Role::Admin));
-                            }
-                        }
-                    }
-                    changes.push(MemberChange::Put(user.to_string(), *role));
-                }
-            }
-            _ => {}
-        }
+        let needs_members = matches!(
+            message.body,
+            Body::MembersAdded { .. } | Body::RoleChanged { .. }
+        );
+        let current = if needs_members {
+            self.members_of(conversation).await?
+        } else {
+            Vec::new()
+        };
+        let changes = membership_changes(message, &current);
         let timestamp = to_bigint("seq", message.seq.get())?;
         self.write_members(conversation, timestamp, &changes).await
     }
@@ -693,12 +735,8 @@ impl ScyllaStore {
                 head,
             });
         }
-        let new_read = match request.kind {
-            ReceiptKind::Read => read.max(request.seq),
-            ReceiptKind::Delivered => read,
-        };
-        let new_delivered = delivered.max(request.seq).max(new_read);
-        let changed = new_delivered != delivered || new_read != read;
+        let (new_delivered, new_read, changed) =
+            next_watermarks(delivered, read, request.kind, request.seq);
         if changed {
             let seq = to_bigint("seq", request.seq.get())?;
             match request.kind {
@@ -1040,5 +1078,172 @@ impl StoreBackend for ScyllaStore {
             .try_collect()
             .await?;
         Ok(request.users.into_iter().zip(seen).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use messenger_core::{ClientMsgId, ConversationId, DeviceId};
+
+    use super::*;
+
+    fn id<T: std::str::FromStr>(value: &str) -> T {
+        match value.parse() {
+            Ok(id) => id,
+            Err(_) => unreachable!("a valid literal id: {value}"),
+        }
+    }
+
+    fn entry(seq: u64, sender: &str, key: &str, body: Body) -> Message {
+        Message {
+            conversation: id::<ConversationId>("g:unit"),
+            seq: Seq(seq),
+            sender: id::<UserId>(sender),
+            sender_device: id::<DeviceId>("phone"),
+            client_msg_id: id::<ClientMsgId>(key),
+            sent_at: Timestamp(1),
+            body,
+        }
+    }
+
+    fn member(user: &str, role: Role) -> Member {
+        Member {
+            user: id(user),
+            role,
+        }
+    }
+
+    fn shown(changes: &[MemberChange]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|change| match change {
+                MemberChange::Put(user, role) => format!("put {user} {}", role.as_str()),
+                MemberChange::Remove(user) => format!("remove {user}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn added_members_get_the_role_and_existing_ones_keep_theirs() {
+        let added = entry(
+            2,
+            "owner",
+            "add",
+            Body::MembersAdded {
+                users: vec![id("ann"), id("ben")],
+                role: Role::Admin,
+            },
+        );
+        let current = [member("owner", Role::Owner), member("ann", Role::Member)];
+        assert_eq!(
+            shown(&membership_changes(&added, &current)),
+            ["put ben admin"]
+        );
+    }
+
+    #[test]
+    fn removals_and_leaves_delete_the_membership() {
+        let removed = entry(3, "owner", "rm", Body::MemberRemoved { user: id("cid") });
+        assert_eq!(shown(&membership_changes(&removed, &[])), ["remove cid"]);
+        let left = entry(4, "ben", "leave", Body::MemberLeft);
+        assert_eq!(shown(&membership_changes(&left, &[])), ["remove ben"]);
+        let text = entry(
+            5,
+            "ben",
+            "hi",
+            Body::Text {
+                text: "hi".to_owned(),
+            },
+        );
+        assert!(membership_changes(&text, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_new_owner_demotes_the_previous_one_and_non_members_change_nothing() {
+        let current = [
+            member("heir", Role::Member),
+            member("old", Role::Owner),
+            member("other", Role::Member),
+        ];
+        let transfer = entry(
+            6,
+            "old",
+            "transfer",
+            Body::RoleChanged {
+                user: id("heir"),
+                role: Role::Owner,
+            },
+        );
+        assert_eq!(
+            shown(&membership_changes(&transfer, &current)),
+            ["put old admin", "put heir owner"]
+        );
+        let stranger = entry(
+            7,
+            "old",
+            "promote",
+            Body::RoleChanged {
+                user: id("stranger"),
+                role: Role::Admin,
+            },
+        );
+        assert!(membership_changes(&stranger, &current).is_empty());
+    }
+
+    #[test]
+    fn watermarks_only_grow_and_read_implies_delivered() {
+        use ReceiptKind::{Delivered, Read};
+        assert_eq!(
+            next_watermarks(Seq(0), Seq(0), Delivered, Seq(3)),
+            (Seq(3), Seq(0), true)
+        );
+        assert_eq!(
+            next_watermarks(Seq(3), Seq(0), Delivered, Seq(2)),
+            (Seq(3), Seq(0), false)
+        );
+        assert_eq!(
+            next_watermarks(Seq(3), Seq(0), Read, Seq(2)),
+            (Seq(3), Seq(2), true)
+        );
+        assert_eq!(
+            next_watermarks(Seq(3), Seq(2), Read, Seq(4)),
+            (Seq(4), Seq(4), true)
+        );
+        assert_eq!(
+            next_watermarks(Seq(4), Seq(4), Read, Seq(1)),
+            (Seq(4), Seq(4), false)
+        );
+    }
+
+    #[test]
+    fn a_claimed_seq_is_the_original_stale_or_empty() {
+        let retry = entry(
+            9,
+            "alice",
+            "m-1",
+            Body::Text {
+                text: "hi".to_owned(),
+            },
+        );
+        let original = Message {
+            seq: Seq(4),
+            ..retry.clone()
+        };
+        assert_eq!(
+            classify_claim(Some(original.clone()), &retry),
+            ClaimedSeq::Original(original)
+        );
+        let other_key = entry(
+            4,
+            "alice",
+            "m-2",
+            Body::Text {
+                text: "x".to_owned(),
+            },
+        );
+        assert_eq!(classify_claim(Some(other_key), &retry), ClaimedSeq::Stale);
+        let void = Message::void(id("g:unit"), Seq(4), Timestamp(1));
+        assert_eq!(classify_claim(Some(void), &retry), ClaimedSeq::Stale);
+        assert_eq!(classify_claim(None, &retry), ClaimedSeq::Empty);
     }
 }
