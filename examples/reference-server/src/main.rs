@@ -33,9 +33,10 @@ struct Args {
     #[arg(long, env = "MESSENGER_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
 
-    /// The message store: `embedded` (a SQLite file in --data-dir) or a shared database,
-    /// `mysql://USER:PASSWORD@HOST:PORT/DATABASE` (MySQL 8 or MariaDB; the schema is migrated
-    /// at start).
+    /// The message store: `embedded` (a SQLite file in --data-dir) or a shared database:
+    /// `mysql://USER:PASSWORD@HOST:PORT/DATABASE` (MySQL 8 or MariaDB) or
+    /// `scylla://HOST:PORT[,HOST:PORT...][/KEYSPACE]` (ScyllaDB or Cassandra; needs the
+    /// `scylla` feature). The schema is created or migrated at start.
     #[arg(
         long,
         env = "MESSENGER_STORE",
@@ -169,9 +170,42 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|err| format!("cannot use the MySQL store: {err}"))?;
         tracing::info!("mysql store");
         serve(Store::new(mysql), auth, args).await
+    } else if let Some(rest) = args.store.strip_prefix("scylla://") {
+        let rest = rest.to_owned();
+        scylla(&rest, auth, args).await
     } else {
-        Err("--store must be `embedded` or a mysql:// URL".into())
+        Err("--store must be `embedded`, a mysql:// URL or a scylla:// URL".into())
     }
+}
+
+/// `--store scylla://HOST:PORT[,HOST:PORT...][/KEYSPACE]`.
+#[cfg(feature = "scylla")]
+async fn scylla(
+    nodes_and_keyspace: &str,
+    auth: AnyAuthenticator,
+    args: Args,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (nodes, keyspace) = nodes_and_keyspace
+        .split_once('/')
+        .unwrap_or((nodes_and_keyspace, ""));
+    let mut config = messenger_store::scylla::ScyllaConfig::new(nodes.split(','));
+    if !keyspace.is_empty() {
+        config.keyspace = keyspace.to_owned();
+    }
+    let scylla = messenger_store::scylla::ScyllaStore::connect(config)
+        .await
+        .map_err(|err| format!("cannot use the ScyllaDB store: {err}"))?;
+    tracing::info!("scylla store");
+    serve(Store::new(scylla), auth, args).await
+}
+
+#[cfg(not(feature = "scylla"))]
+async fn scylla(
+    _nodes_and_keyspace: &str,
+    _auth: AnyAuthenticator,
+    _args: Args,
+) -> Result<(), Box<dyn std::error::Error>> {
+    Err("this build has no ScyllaDB support: build with `cargo build --release -p reference-server --features scylla`".into())
 }
 
 /// Composes a node over `store` and serves it until a shutdown signal.
