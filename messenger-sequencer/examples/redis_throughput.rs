@@ -63,7 +63,7 @@ where
 
     for (name, conversations) in [("one conversation", 1), ("1000 conversations", 1000)] {
         let conversations: Vec<ConversationId> = (0..conversations)
-            .map(|n| ConversationId::new(&format!("g:bench-{n}")))
+            .map(|n| ConversationId::new(format!("g:bench-{n}")))
             .collect::<Result<_, _>>()?;
         // Plain INCR on the same connection: the ceiling for one request per allocation.
         let baseline = run(tasks, per_task, &conversations, {
