@@ -209,6 +209,57 @@ where
     );
 }
 
+/// A counter that goes backwards (a failover to a lagging replica, a restored snapshot) is
+/// noticed by a process that handed out higher seqs, and a process that starts on a stale
+/// counter reads its floor first.
+async fn backward_counter<C>(connection: C)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let floor = TestFloor::new();
+    let sequencer = Sequencer::new(RedisSequencer::with_config(
+        connection.clone(),
+        floor.clone(),
+        config(),
+    ));
+    let chat = unique_conversation("redis-backward");
+    let key = sequencer.backend().counter_key(&chat);
+    for expected in 1..=10 {
+        assert_eq!(next(&sequencer, &chat).await, Seq(expected));
+    }
+    set(&connection, &key, 3).await;
+    assert_eq!(
+        next(&sequencer, &chat).await,
+        Seq(11),
+        "the process's own highest seq is folded in"
+    );
+    assert_eq!(
+        floor.reads(&chat),
+        2,
+        "going backwards sends it to the floor"
+    );
+
+    // A new process, the store holding 50, the counter stale at 3.
+    set(&connection, &key, 3).await;
+    floor.set(&chat, Seq(50));
+    let fresh = Sequencer::new(RedisSequencer::with_config(connection, floor, config()));
+    assert_eq!(
+        next(&fresh, &chat).await,
+        Seq(51),
+        "first use reads the floor"
+    );
+}
+
+async fn set<C: ConnectionLike + Clone + Send + Sync>(connection: &C, key: &str, value: u64) {
+    let mut connection = connection.clone();
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(&mut connection)
+        .await
+        .unwrap_or_else(|err| panic!("SET {key} failed: {err}"));
+}
+
 /// A fence raises the counter and counts one epoch; a lower fence still counts.
 async fn fence_counts_epochs<C>(connection: C)
 where
@@ -290,5 +341,19 @@ async fn cluster_never_reuses_a_seq_across_resets() {
 async fn cluster_fences_count_epochs() {
     if let Some(connection) = cluster().await {
         fence_counts_epochs(connection).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_notices_a_counter_going_backwards() {
+    if let Some(connection) = standalone().await {
+        backward_counter(connection).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_notices_a_counter_going_backwards() {
+    if let Some(connection) = cluster().await {
+        backward_counter(connection).await;
     }
 }
