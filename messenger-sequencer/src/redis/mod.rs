@@ -30,11 +30,16 @@
 //!
 //! # Pipelining
 //!
-//! Allocations are not batched by this type: each one is a single `EVALSHA` on a multiplexed
-//! connection, and the multiplexed (or cluster) connection pipelines every request in flight
-//! on one socket. Concurrent callers therefore share round trips without a batching window
-//! that would add latency to a lone caller. Share one connection between tasks (it is cheap to
-//! clone); see `examples/redis_throughput.rs` for a measurement.
+//! Allocations are not batched by this type: each one is a single `EVALSHA` (the fast path
+//! below) on the caller's connection, and a multiplexed or cluster connection pipelines every
+//! request in flight on one socket. Concurrent callers therefore share round trips without a
+//! batching window that would add latency to a lone caller. Share one connection between
+//! tasks (it is cheap to clone). Measured with `examples/redis_throughput.rs` on a busy
+//! 2-core machine (release build, 64 tasks sharing one connection, 1 or 1000 conversations):
+//! standalone about 170 000 allocations/s against 210 000 to 250 000/s for plain `INCR` on the
+//! same connection in the same run (ratio 0.7 to 0.85: the script costs a little more than a
+//! bare `INCR`); Redis Cluster (6 local nodes) about 85 000/s against 110 000/s. One task
+//! alone: about 6 000/s (one round trip each).
 //!
 //! # When Redis forgets: the floor
 //!
@@ -55,10 +60,17 @@
 //!   The highest seq seen is also folded into the raise.
 //!
 //! Concurrent allocations of one conversation that need the floor share one read (single
-//! flight per process). What remains uncovered are seqs handed out but not yet stored when
-//! Redis forgot them, by another process: the store's conditional append detects such a
-//! collision and the caller fences the sequencer past the store's head with
-//! [`FenceSeq`] (see [`RedisSequencer::fence_seq`]), so no seq is ever stored twice.
+//! flight per process). Before raising, the reader waits (up to one second) for this
+//! process's increments still in flight, so seqs Redis handed out just before forgetting are
+//! covered too: within one process no seq is ever handed out twice, whatever Redis loses.
+//!
+//! What remains uncovered are seqs another process handed out but had not stored yet when
+//! Redis forgot them (the floor, the store's head, cannot know them). The store's conditional
+//! append detects such a collision and the caller fences the sequencer past the store's head
+//! with [`FenceSeq`] (see [`RedisSequencer::fence_seq`]), so no seq is ever stored twice.
+//!
+//! Large values: the scripts compare counters as Lua numbers, exact up to 2^53; Redis
+//! counters stop at `i64::MAX` (an error, never a wrap).
 //!
 //! # Fencing and the epoch
 //!
