@@ -4,6 +4,8 @@
 #   scripts/redis.sh            install (if needed) and start a standalone server; prints its URL
 #   scripts/redis.sh cluster    the same for a 6-node Redis Cluster (3 masters, 3 replicas);
 #                               prints the node URLs, comma-separated
+#   scripts/redis.sh restart    stops and starts the standalone server (its data is lost: no
+#                               persistence), as the restart tests need
 #   scripts/redis.sh stop       stops every server this script started (standalone and cluster)
 #
 # Uses Debian's `redis-server`, no persistence (`--save '' --appendonly no`), data, pid and log
@@ -114,6 +116,12 @@ case "${1:-start}" in
     stop_one "$port"
     for p in $(cluster_ports); do stop_one "$p"; done
     ;;
+  restart)
+    stop_one "$port" >&2
+    install
+    start_one "$port"
+    echo "redis://127.0.0.1:$port/"
+    ;;
   start)
     install
     start_one "$port"
@@ -160,7 +168,7 @@ case "${1:-start}" in
     cluster_urls
     ;;
   *)
-    echo "usage: $0 [start|cluster|stop]" >&2
+    echo "usage: $0 [start|cluster|restart|stop]" >&2
     exit 2
     ;;
 esac

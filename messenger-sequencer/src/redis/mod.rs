@@ -25,8 +25,12 @@
 //! # }
 //! ```
 //!
-//! For Redis Cluster pass a `redis::cluster_async::ClusterConnection` instead
-//! (`RedisSequencer<F, ClusterConnection>`); any cloneable `redis::aio::ConnectionLike` works.
+//! Any cloneable `redis::aio::ConnectionLike` works. In production use, for a standalone
+//! server, a `redis::aio::ConnectionManager`: it reconnects by itself after a restart, while a
+//! bare `MultiplexedConnection` stays broken once its socket dropped
+//! (`tests/redis_restart.rs` restarts the server mid-traffic). For Redis Cluster pass a
+//! `redis::cluster_async::ClusterConnection` (`RedisSequencer<F, ClusterConnection>`), which
+//! follows slot moves and failovers itself.
 //!
 //! # Pipelining
 //!
