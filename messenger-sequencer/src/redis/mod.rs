@@ -16,7 +16,7 @@
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = redis::Client::open("redis://127.0.0.1:16379/")?;
-//! let connection = client.get_multiplexed_async_connection().await?;
+//! let connection = redis::aio::ConnectionManager::new(client).await?;
 //! // In a server, the floor is the store (its head per conversation).
 //! let sequencer = Sequencer::new(RedisSequencer::new(connection, NoFloor));
 //! let seq = call(&sequencer, NextSeq { conversation: ConversationId::new("g:lunch")? }).await?;
@@ -98,7 +98,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::redis::Script;
-use ::redis::aio::{ConnectionLike, MultiplexedConnection};
+use ::redis::aio::{ConnectionLike, ConnectionManager};
 #[cfg(doc)]
 use messenger_core::ErrorKind;
 use messenger_core::sequencer::{FenceSeq, NextSeq, SeqFloor};
@@ -149,13 +149,13 @@ return redis.call('INCR', KEYS[2])
 
 /// Per-conversation `INCR` counters in Redis or Redis Cluster, with the floor read from `F`.
 ///
-/// `C` is the connection: a [`MultiplexedConnection`] (the default), a
-/// `redis::cluster_async::ClusterConnection`, or any cloneable
-/// [`ConnectionLike`]. It is built by the caller and cloned per request (cheap for both).
+/// `C` is the connection: a [`ConnectionManager`] (the default; it reconnects by itself), a
+/// `redis::cluster_async::ClusterConnection`, a `MultiplexedConnection`, or any cloneable
+/// [`ConnectionLike`]. It is built by the caller and cloned per request (cheap for all three).
 ///
 /// Wrap it in [`Sequencer`](crate::Sequencer) to get a tower service. See the
 /// [module docs](self) for the floor and fencing reasoning.
-pub struct RedisSequencer<F, C = MultiplexedConnection> {
+pub struct RedisSequencer<F, C = ConnectionManager> {
     connection: C,
     floor: F,
     prefix: String,
