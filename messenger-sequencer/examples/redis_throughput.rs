@@ -1,5 +1,6 @@
 //! Allocations per second of the Redis sequencer, next to plain `INCR` on the same connection
-//! measured in the same run (the baseline).
+//! (the baseline) and `INCR` in explicit pipelines of 100 (the ceiling a batching task could
+//! reach), measured in the same run.
 //!
 //! ```text
 //! scripts/redis.sh            # prints redis://127.0.0.1:16379/
@@ -19,6 +20,9 @@ use messenger_sequencer::redis::{RedisSequencer, RedisSequencerConfig};
 use redis::aio::ConnectionLike;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Commands per explicit pipeline in the batched ceiling.
+const BATCH: usize = 100;
 
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
@@ -93,11 +97,32 @@ where
             }
         })
         .await?;
+        // INCR in explicit pipelines of 100 per round trip: what a batching task could reach.
+        let batched = run(tasks, per_task / BATCH, &conversations, {
+            let connection = connection.clone();
+            let prefix = prefix.clone();
+            move |conversation: ConversationId| {
+                let mut connection = connection.clone();
+                let key = format!("{prefix}:{{{conversation}}}:batched");
+                async move {
+                    let mut pipe = redis::pipe();
+                    for _ in 0..BATCH {
+                        pipe.cmd("INCR").arg(&key);
+                    }
+                    let _: Vec<i64> = pipe.query_async(&mut connection).await?;
+                    Ok(())
+                }
+            }
+        })
+        .await?;
         let baseline_rate = total / baseline.as_secs_f64();
         let sequenced_rate = total / sequenced.as_secs_f64();
+        let batched_rate = (tasks * (per_task / BATCH) * BATCH) as f64 / batched.as_secs_f64();
         println!(
-            "  {name}: sequencer {sequenced_rate:>9.0}/s, plain INCR {baseline_rate:>9.0}/s, ratio {:.2}",
-            sequenced_rate / baseline_rate
+            "  {name}: sequencer {sequenced_rate:>9.0}/s, plain INCR {baseline_rate:>9.0}/s \
+             (ratio {:.2}), INCR pipelined by {BATCH} {batched_rate:>9.0}/s (ratio {:.2})",
+            sequenced_rate / baseline_rate,
+            sequenced_rate / batched_rate,
         );
     }
     Ok(())
