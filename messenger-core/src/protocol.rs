@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     ClientMsgId, Conversation, ConversationId, ConversationSummary, DeviceId, Member, Message,
-    ReceiptKind, Receipts, RequestId, Role, Seq, Timestamp, UserId,
+    Receipts, RequestId, Role, Seq, Timestamp, UserId,
 };
 
 /// The protocol version this crate speaks.
@@ -677,14 +677,6 @@ fn explain_decode_error(text: &str, err: &serde_json::Error) -> DecodeError {
         code,
         message: format!("bad {kind} frame: {detail}"),
         id,
-    }
-}
-
-/// Maps a [`ReceiptKind`] to the client frame that reports it (for documentation and tests).
-pub fn receipt_frame(kind: ReceiptKind, conversation: ConversationId, seq: Seq) -> ClientFrame {
-    match kind {
-        ReceiptKind::Delivered => ClientFrame::Delivered { conversation, seq },
-        ReceiptKind::Read => ClientFrame::Read { conversation, seq },
     }
 }
 

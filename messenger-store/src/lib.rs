@@ -46,7 +46,7 @@
 //! |---|---|---|
 //! | [`embedded`] | always built | one SQLite file (WAL, `synchronous=FULL`) with group commit |
 //! | `mysql` | `mysql` | MySQL / MariaDB, shared by several nodes (`mysql::MysqlStore`) |
-//! | `scylla` | `scylla` (planned) | ScyllaDB / Cassandra, scale-out |
+//! | `scylla` | `scylla` | ScyllaDB / Cassandra, scale-out (`scylla::ScyllaStore`) |
 //!
 //! With the `conformance` feature, `conformance` holds the behaviour tests every backend
 //! passes.
@@ -70,6 +70,8 @@ pub mod conformance;
 pub mod embedded;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "scylla")]
+pub mod scylla;
 
 pub use embedded::{EmbeddedConfig, EmbeddedStore};
 
@@ -277,5 +279,7 @@ mod tests {
         assert_store_service::<Store<EmbeddedStore>>();
         #[cfg(feature = "mysql")]
         assert_store_service::<Store<mysql::MysqlStore>>();
+        #[cfg(feature = "scylla")]
+        assert_store_service::<Store<scylla::ScyllaStore>>();
     }
 }
