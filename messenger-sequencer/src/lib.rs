@@ -31,7 +31,7 @@
 //! | module | feature | what |
 //! |---|---|---|
 //! | [`memory`] | always built | counters in this process, floor recovered from the store through [`SeqFloor`](messenger_core::sequencer::SeqFloor) |
-//! | `redis` | `redis` (not written yet) | Redis / Redis Cluster `INCR` |
+//! | `redis` | `redis` | Redis / Redis Cluster `INCR` shared by every process, floor and fences as for memory |
 //!
 //! The `conformance` feature exposes the suite every backend runs (`conformance` module).
 
@@ -44,6 +44,8 @@ use messenger_core::{Error, Seq};
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// What a sequencer backend implements: plain async methods, one per operation.
 ///
