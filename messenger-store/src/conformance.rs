@@ -1094,3 +1094,96 @@ pub async fn create_conversation_is_idempotent<S: StoreService>(store: &S) {
     assert_eq!(info.head, Seq::ZERO);
     assert_eq!(info.members.len(), 2);
 }
+
+/// Two stores (two nodes on one database; the same store twice for a single-node backend)
+/// race writers for the same seqs: each seq goes to exactly one message and every loser hears
+/// `Conflict`; then one message retried at several new seqs at once is stored once and the
+/// other seqs become void, leaving no hole.
+///
+/// # Panics
+/// When the stores break the contract.
+pub async fn two_stores_race_for_the_same_seqs<S: StoreService>(first: &S, second: &S) {
+    const SEQS: u64 = 20;
+    const WRITERS: usize = 6;
+    const RETRIES: u64 = 6;
+    let stores = [first.clone(), second.clone()];
+    let conversation = group_id();
+
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let store = stores[writer % 2].clone();
+        let conversation = conversation.clone();
+        tasks.push(tokio::spawn(async move {
+            let sender = user(&format!("writer{writer}"));
+            let mut won = Vec::new();
+            for seq in 1..=SEQS {
+                let message = text(&conversation, seq, &sender, &format!("w{writer}-s{seq}"));
+                match try_append(&store, &message).await {
+                    Ok(appended) => {
+                        assert!(!appended.duplicate, "a first append is not a duplicate");
+                        won.push(seq);
+                    }
+                    Err(err) => assert_eq!(err.kind(), ErrorKind::Conflict, "{err}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        winners.extend(
+            task.await
+                .unwrap_or_else(|err| panic!("a writer task: {err}")),
+        );
+    }
+    winners.sort_unstable();
+    assert_eq!(
+        winners,
+        (1..=SEQS).collect::<Vec<_>>(),
+        "one winner per seq"
+    );
+
+    let sender = user("retrier");
+    let mut retries = Vec::new();
+    for seq in SEQS + 1..=SEQS + RETRIES {
+        let store = stores[(seq % 2) as usize].clone();
+        let message = text(&conversation, seq, &sender, "the-retried-one");
+        retries.push(tokio::spawn(
+            async move { try_append(&store, &message).await },
+        ));
+    }
+    let mut originals = Vec::new();
+    for retry in retries {
+        let appended = retry
+            .await
+            .unwrap_or_else(|err| panic!("a retry task: {err}"))
+            .unwrap_or_else(|err| panic!("a retry is never refused: {err}"));
+        originals.push(appended.message.seq);
+    }
+    originals.dedup();
+    assert_eq!(
+        originals.len(),
+        1,
+        "every retry answers with one original: {originals:?}"
+    );
+
+    let page = read_range(first, &conversation, 0, None, 1000).await;
+    assert_eq!(page.head, Seq(SEQS + RETRIES));
+    assert_eq!(page.messages.len() as u64, SEQS + RETRIES, "no hole");
+    let stored = page
+        .messages
+        .iter()
+        .filter(|message| message.client_msg_id.as_str() == "the-retried-one")
+        .count();
+    assert_eq!(stored, 1, "the retried message is stored once");
+    let voids = page
+        .messages
+        .iter()
+        .filter(|message| message.is_void())
+        .count();
+    assert_eq!(
+        voids as u64,
+        RETRIES - 1,
+        "the other retries' seqs are void"
+    );
+}

@@ -17,6 +17,8 @@ async fn conformance_with_group_commit() {
     conformance::run_all(&store).await;
     // Twice on the same file: the suite assumes nothing about what is stored.
     conformance::run_all(&store).await;
+    // One node: the same store races itself.
+    conformance::two_stores_race_for_the_same_seqs(&store, &store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

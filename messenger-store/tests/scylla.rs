@@ -176,84 +176,10 @@ async fn reads_cross_bucket_boundaries() {
     assert_eq!(seqs, (2035..2045).collect::<Vec<_>>());
 }
 
-/// Two stores (two nodes) race writers for the same seqs: each seq goes to exactly one
-/// message, and retries of one message at several seqs store it once.
+/// Two stores (two nodes) race for the same seqs: the shared suite's check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_racing_for_the_same_seqs() {
     let Some(config) = config() else { return };
     let nodes = [connect(&config).await, connect(&config).await];
-    let conversation = ConversationId::new(unique("g:race")).expect("a conversation id");
-    const SEQS: u64 = 20;
-    const WRITERS: usize = 6;
-
-    let mut tasks = Vec::new();
-    for writer in 0..WRITERS {
-        let store = nodes[writer % 2].clone();
-        let conversation = conversation.clone();
-        tasks.push(tokio::spawn(async move {
-            let sender = UserId::new(format!("writer-{writer}")).expect("a user id");
-            let mut won = Vec::new();
-            for seq in 1..=SEQS {
-                let message = text(&conversation, &sender, &format!("w{writer}-s{seq}"), seq);
-                match call(&store, AppendMessage { message }).await {
-                    Ok(appended) => {
-                        assert!(!appended.duplicate);
-                        won.push(seq);
-                    }
-                    Err(err) => assert_eq!(err.kind(), ErrorKind::Conflict, "{err}"),
-                }
-            }
-            won
-        }));
-    }
-    let mut winners = Vec::new();
-    for task in tasks {
-        winners.extend(task.await.expect("a writer task"));
-    }
-    winners.sort_unstable();
-    assert_eq!(
-        winners,
-        (1..=SEQS).collect::<Vec<_>>(),
-        "one winner per seq"
-    );
-
-    let sender = UserId::new("retrier").expect("a user id");
-    let mut retries = Vec::new();
-    for seq in SEQS + 1..=SEQS + 6 {
-        let store = nodes[(seq % 2) as usize].clone();
-        let message = text(&conversation, &sender, "the-retried-one", seq);
-        retries.push(tokio::spawn(async move {
-            call(&store, AppendMessage { message }).await
-        }));
-    }
-    let mut originals = Vec::new();
-    for retry in retries {
-        let appended = retry
-            .await
-            .expect("a retry task")
-            .expect("a retry is never refused");
-        originals.push(appended.message.seq);
-    }
-    originals.dedup();
-    assert_eq!(originals.len(), 1, "one original: {originals:?}");
-
-    let page = call(
-        &nodes[0],
-        ReadRange {
-            conversation,
-            after: Seq::ZERO,
-            until: None,
-            limit: 1000,
-        },
-    )
-    .await
-    .expect("read the log");
-    assert_eq!(page.head, Seq(SEQS + 6));
-    assert_eq!(page.messages.len() as u64, SEQS + 6, "no hole");
-    let stored = page
-        .messages
-        .iter()
-        .filter(|message| message.client_msg_id.as_str() == "the-retried-one")
-        .count();
-    assert_eq!(stored, 1);
+    conformance::two_stores_race_for_the_same_seqs(&nodes[0], &nodes[1]).await;
 }
