@@ -803,48 +803,22 @@ pub async fn receipts_are_monotonic<S: StoreService>(store: &S) {
     .await;
     append_texts(store, &chat, &alice, 1..=5).await;
 
-    assert_eq!(
-        receipt(store, &chat, &bob, ReceiptKind::Delivered, 3)
+    // (kind, seq) reported → (delivered, read, changed) expected.
+    let steps = [
+        (ReceiptKind::Delivered, 3, (3, 0, true)),
+        (ReceiptKind::Delivered, 2, (3, 0, false)),
+        (ReceiptKind::Read, 2, (3, 2, true)),
+        (ReceiptKind::Read, 4, (4, 4, true)),
+        (ReceiptKind::Read, 1, (4, 4, false)),
+        (ReceiptKind::Delivered, 4, (4, 4, false)),
+        (ReceiptKind::Delivered, 5, (5, 4, true)),
+    ];
+    for (kind, seq, expected) in steps {
+        let got = receipt(store, &chat, &bob, kind, seq)
             .await
-            .expect("receipt"),
-        (3, 0, true)
-    );
-    assert_eq!(
-        receipt(store, &chat, &bob, ReceiptKind::Delivered, 2)
-            .await
-            .expect("receipt"),
-        (3, 0, false)
-    );
-    assert_eq!(
-        receipt(store, &chat, &bob, ReceiptKind::Read, 2)
-            .await
-            .expect("receipt"),
-        (3, 2, true)
-    );
-    assert_eq!(
-        receipt(store, &chat, &bob, ReceiptKind::Read, 4)
-            .await
-            .expect("receipt"),
-        (4, 4, true)
-    );
-    assert_eq!(
-        receipt(store, &chat, &bob, ReceiptKind::Read, 1)
-            .await
-            .expect("receipt"),
-        (4, 4, false)
-    );
-    assert_eq!(
-        receipt(store, &chat, &bob, ReceiptKind::Delivered, 4)
-            .await
-            .expect("receipt"),
-        (4, 4, false)
-    );
-    assert_eq!(
-        receipt(store, &chat, &bob, ReceiptKind::Delivered, 5)
-            .await
-            .expect("receipt"),
-        (5, 4, true)
-    );
+            .expect("receipt");
+        assert_eq!(got, expected, "{kind:?} at {seq}");
+    }
 }
 
 /// A receipt past the conversation's head is `InvalidRequest` and changes nothing.
