@@ -1,7 +1,15 @@
-//! Requests of the presence registry: which devices of which users are online, on which node.
+//! Requests of the presence registry: which devices of which users are online, on which node,
+//! which nodes are alive, and a feed of users coming online and going offline.
+//!
+//! The registry is the one source of presence changes: the node that registers a user's first
+//! device (or unregisters the last one) does not announce it itself; the registry publishes a
+//! [`PresenceChange`] to every subscriber on every node ([`SubscribePresence`]).
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use crate::service::{Handles, Operation};
-use crate::{DeviceId, UserId};
+use crate::{DeviceId, Timestamp, UserId};
 
 /// The id of one socket node of a cluster.
 pub type NodeId = std::sync::Arc<str>;
@@ -19,6 +27,8 @@ pub struct RegisterDevice {
     /// A number unique to this connection on its node, so a stale unregister of an older
     /// connection of the same device does not remove a newer one.
     pub connection: u64,
+    /// When it connected (the user's last seen when this brings them online).
+    pub at: Timestamp,
 }
 
 impl Operation for RegisterDevice {
@@ -37,6 +47,8 @@ pub struct UnregisterDevice {
     pub node: NodeId,
     /// The connection, as given to [`RegisterDevice`].
     pub connection: u64,
+    /// When it disconnected (the user's last seen when this takes them offline).
+    pub at: Timestamp,
 }
 
 impl Operation for UnregisterDevice {
@@ -67,13 +79,60 @@ impl Operation for LookupPresence {
     const NAME: &'static str = "lookup_presence";
 }
 
+/// A user came online (their first device connected) or went offline (their last device
+/// disconnected, or the node holding it lost its lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceChange {
+    /// Who.
+    pub user: UserId,
+    /// Whether any of their devices is connected now.
+    pub online: bool,
+    /// When it changed: their last-seen time.
+    pub at: Timestamp,
+}
+
+/// The receiving end of the presence feed: every change in the cluster, in the order the
+/// registry published them.
+///
+/// Presence is best effort: a subscriber that falls more than the channel's capacity behind
+/// gets [`broadcast::error::RecvError::Lagged`] and skips ahead (clients re-read presence with
+/// a `presence` request when they need the truth).
+pub type PresenceFeed = broadcast::Receiver<PresenceChange>;
+
+/// Subscribes to the presence feed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubscribePresence;
+
+impl Operation for SubscribePresence {
+    type Response = PresenceFeed;
+    const NAME: &'static str = "subscribe_presence";
+}
+
+/// The nodes that are alive: for a shared registry, those holding a lease; for a single-node
+/// registry, the nodes its devices are registered on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListNodes;
+
+impl Operation for ListNodes {
+    type Response = Vec<NodeId>;
+    const NAME: &'static str = "list_nodes";
+}
+
 /// The presence registry, as one bound.
 pub trait PresenceService:
-    Handles<RegisterDevice> + Handles<UnregisterDevice> + Handles<LookupPresence>
+    Handles<RegisterDevice>
+    + Handles<UnregisterDevice>
+    + Handles<LookupPresence>
+    + Handles<SubscribePresence>
+    + Handles<ListNodes>
 {
 }
 
 impl<S> PresenceService for S where
-    S: Handles<RegisterDevice> + Handles<UnregisterDevice> + Handles<LookupPresence>
+    S: Handles<RegisterDevice>
+        + Handles<UnregisterDevice>
+        + Handles<LookupPresence>
+        + Handles<SubscribePresence>
+        + Handles<ListNodes>
 {
 }

@@ -71,22 +71,24 @@ where
         overflow: Arc::new(Notify::new()),
     };
     node.hub().register(&identity.user, handle.clone());
+    node.ensure_presence_feed().await;
     let now = Timestamp::now();
-    let came_online = call(
+    // The registry announces the user coming online to every node's watchers.
+    if let Err(err) = call(
         node.services().presence(),
         RegisterDevice {
             user: identity.user.clone(),
             device: identity.device.clone(),
             node: config.node_id.clone(),
             connection: handle.id,
+            at: now,
         },
     )
     .await
-    .unwrap_or(false);
-    let last_seen = record_last_seen(&node, &identity.user, now).await;
-    if came_online {
-        node.hub().notify_presence(&identity.user, true, last_seen);
+    {
+        tracing::warn!(error = %err, user = %identity.user, "presence registration failed");
     }
+    record_last_seen(&node, &identity.user, now).await;
     node.publish(DomainEvent::DeviceConnected {
         user: identity.user.clone(),
         device: identity.device.clone(),
@@ -104,25 +106,13 @@ where
     connection.finish().await;
 }
 
-async fn record_last_seen<B: Backends>(
-    node: &Node<B>,
-    user: &UserId,
-    at: Timestamp,
-) -> Option<Timestamp> {
-    match call(
-        node.services().store(),
-        SetLastSeen {
-            user: user.clone(),
-            at,
-        },
-    )
-    .await
-    {
-        Ok(stored) => Some(stored),
-        Err(err) => {
-            tracing::warn!(error = %err, "could not record last seen");
-            None
-        }
+async fn record_last_seen<B: Backends>(node: &Node<B>, user: &UserId, at: Timestamp) {
+    let request = SetLastSeen {
+        user: user.clone(),
+        at,
+    };
+    if let Err(err) = call(node.services().store(), request).await {
+        tracing::warn!(error = %err, "could not record last seen");
     }
 }
 
@@ -517,21 +507,22 @@ impl<B: Backends> Connection<B> {
         let user = self.identity.user;
         node.hub().unregister(&user, self.handle.id);
         node.hub().unwatch(self.handle.id, &self.watched);
-        let went_offline = call(
+        let now = Timestamp::now();
+        record_last_seen(&node, &user, now).await;
+        // The registry announces the user going offline to every node's watchers.
+        if let Err(err) = call(
             node.services().presence(),
             UnregisterDevice {
                 user: user.clone(),
                 device: self.identity.device.clone(),
                 node: node.config().node_id.clone(),
                 connection: self.handle.id,
+                at: now,
             },
         )
         .await
-        .unwrap_or(false);
-        let now = Timestamp::now();
-        let last_seen = record_last_seen(&node, &user, now).await;
-        if went_offline {
-            node.hub().notify_presence(&user, false, last_seen);
+        {
+            tracing::warn!(error = %err, user = %user, "presence unregistration failed");
         }
         node.publish(DomainEvent::DeviceDisconnected {
             user: user.clone(),

@@ -10,6 +10,8 @@ use messenger_core::{DeviceId, Event, Message, Timestamp, UserId};
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::members::MemberCache;
+
 /// What a connection's queue carries.
 #[derive(Debug)]
 pub(crate) enum Outbound {
@@ -46,6 +48,7 @@ impl ConnectionHandle {
 #[derive(Debug, Default)]
 pub struct Hub {
     connections: RwLock<HashMap<UserId, Vec<ConnectionHandle>>>,
+    members: MemberCache,
     watchers: Mutex<HashMap<UserId, HashMap<u64, ConnectionHandle>>>,
 }
 
@@ -53,6 +56,12 @@ impl Hub {
     /// An empty hub.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// The node's member cache: the hub drops an entry when a membership change of its
+    /// conversation passes through it.
+    pub(crate) fn members(&self) -> &MemberCache {
+        &self.members
     }
 
     /// How many connections are live.
@@ -176,6 +185,11 @@ pub(crate) fn event_frame(event: &Event) -> Option<ServerFrame> {
 
 impl LocalDelivery for Hub {
     fn deliver_local(&self, recipients: &[UserId], event: &Event) -> usize {
+        if let Event::Message { message } = event {
+            if message.body.is_membership_change() {
+                self.members.invalidate(&message.conversation);
+            }
+        }
         let Some(frame) = event_frame(event) else {
             return 0;
         };

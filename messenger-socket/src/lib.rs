@@ -61,6 +61,7 @@ pub mod auth;
 pub mod client;
 mod connection;
 pub mod hub;
+pub mod members;
 mod node;
 pub mod presence;
 mod server;

@@ -1,15 +1,16 @@
 //! A socket node: the services it composes and the chat operations every connection uses
 //! (send, membership changes, receipts, presence).
 
-use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use messenger_core::auth::{AuthService, Identity};
 use messenger_core::fanout::{Deliver, FanoutService};
-use messenger_core::presence::{LookupPresence, NodeId, PresenceService};
+use messenger_core::presence::{
+    LookupPresence, NodeId, PresenceFeed, PresenceService, SubscribePresence,
+};
 use messenger_core::protocol::{ErrorCode, Limits, ServerFrame};
 use messenger_core::sequencer::{FenceSeq, NextSeq, SequencerService};
 use messenger_core::store::{
@@ -20,9 +21,11 @@ use messenger_core::{
     Body, ClientMsgId, Conversation, ConversationId, ConversationKind, DomainEvent, Error,
     ErrorKind, Event, Member, Message, ReceiptKind, Role, Seq, Timestamp, UserId, call,
 };
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
+use crate::members::MemberCacheStats;
 
 /// The services a node composes. Implemented by [`Services`]; integrators rarely implement it
 /// themselves.
@@ -174,7 +177,7 @@ pub(crate) struct NodeInner<B> {
     pub(crate) hub: Arc<Hub>,
     pub(crate) config: NodeConfig,
     next_connection: AtomicU64,
-    members: Mutex<HashMap<ConversationId, (Instant, Arc<ConversationInfo>)>>,
+    presence_feed: tokio::sync::OnceCell<()>,
     pub(crate) shutdown: watch::Sender<bool>,
     events: Option<EventSink>,
 }
@@ -232,13 +235,14 @@ impl<B: Backends> Node<B> {
     /// the local fanout).
     pub fn new(services: B, hub: Arc<Hub>, config: NodeConfig) -> Self {
         let (shutdown, _) = watch::channel(false);
+        hub.members().set_ttl(config.members_cache_ttl);
         Self {
             inner: Arc::new(NodeInner {
                 services,
                 hub,
                 config,
                 next_connection: AtomicU64::new(1),
-                members: Mutex::new(HashMap::new()),
+                presence_feed: tokio::sync::OnceCell::new(),
                 shutdown,
                 events: None,
             }),
@@ -291,24 +295,16 @@ impl<B: Backends> Node<B> {
         }
     }
 
-    /// The conversation and its members, from a short-lived cache.
+    /// The conversation and its members, from a short-lived cache (see [`crate::members`]).
     pub(crate) async fn conversation(
         &self,
         id: &ConversationId,
     ) -> Result<Option<Arc<ConversationInfo>>, Error> {
-        let ttl = self.inner.config.members_cache_ttl;
-        {
-            let cache = self
-                .inner
-                .members
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some((at, info)) = cache.get(id) {
-                if at.elapsed() < ttl {
-                    return Ok(Some(Arc::clone(info)));
-                }
-            }
+        let cache = self.inner.hub.members();
+        if let Some(info) = cache.get(id) {
+            return Ok(Some(info));
         }
+        let read_at = Instant::now();
         let found = call(
             self.services().store(),
             GetConversation {
@@ -320,24 +316,36 @@ impl<B: Backends> Node<B> {
             return Ok(None);
         };
         let info = Arc::new(info);
-        let mut cache = self
-            .inner
-            .members
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if cache.len() > 100_000 {
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-        }
-        cache.insert(id.clone(), (Instant::now(), Arc::clone(&info)));
+        cache.insert(id.clone(), Arc::clone(&info), read_at);
         Ok(Some(info))
     }
 
     fn invalidate(&self, id: &ConversationId) {
-        self.inner
-            .members
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
+        self.inner.hub.members().invalidate(id);
+    }
+
+    /// Hits, misses and invalidations of the member cache.
+    pub fn member_cache_stats(&self) -> MemberCacheStats {
+        self.inner.hub.members().stats()
+    }
+
+    /// Subscribes this node to the registry's presence feed, once: every change then reaches
+    /// the local connections watching that user. Called before the first connection registers,
+    /// so its own change is not missed. A failed subscription is retried by the next
+    /// connection.
+    pub(crate) async fn ensure_presence_feed(&self) {
+        let subscribed = self
+            .inner
+            .presence_feed
+            .get_or_try_init(|| async {
+                let feed = call(self.services().presence(), SubscribePresence).await?;
+                tokio::spawn(relay_presence(feed, Arc::downgrade(&self.inner.hub)));
+                Ok::<(), Error>(())
+            })
+            .await;
+        if let Err(err) = subscribed {
+            tracing::warn!(error = %err, "cannot subscribe to presence changes");
+        }
     }
 
     /// The conversation, if `user` is a member of it.
@@ -895,6 +903,22 @@ impl<B: Backends> Node<B> {
                 last_seen,
             })
             .collect())
+    }
+}
+
+/// Hands every presence change to the local watchers until the feed closes or the hub is gone.
+async fn relay_presence(mut feed: PresenceFeed, hub: std::sync::Weak<Hub>) {
+    loop {
+        match feed.recv().await {
+            Ok(change) => {
+                let Some(hub) = hub.upgrade() else { return };
+                hub.notify_presence(&change.user, change.online, Some(change.at));
+            }
+            Err(RecvError::Lagged(skipped)) => {
+                tracing::warn!(skipped, "presence feed lagged: changes skipped");
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 

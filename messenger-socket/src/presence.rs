@@ -3,15 +3,20 @@
 //! [`MemoryPresence`] is the single-node registry (always built). A shared backend (Redis,
 //! with node leases) implements the same requests of [`messenger_core::presence`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::{Ready, ready};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use messenger_core::presence::{
-    LookupPresence, NodeId, OnlineDevice, RegisterDevice, UnregisterDevice,
+    ListNodes, LookupPresence, NodeId, OnlineDevice, PresenceChange, RegisterDevice,
+    SubscribePresence, UnregisterDevice,
 };
 use messenger_core::{DeviceId, Error, UserId};
+use tokio::sync::broadcast;
+
+/// How many presence changes a slow subscriber may fall behind before it skips ahead.
+pub const FEED_CAPACITY: usize = 4096;
 
 #[derive(Debug)]
 struct Entry {
@@ -20,10 +25,27 @@ struct Entry {
     connection: u64,
 }
 
-/// An in-memory presence registry for one node.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
+struct State {
+    users: Mutex<HashMap<UserId, Vec<Entry>>>,
+    feed: broadcast::Sender<PresenceChange>,
+}
+
+/// An in-memory presence registry for one process. Clones share the registry.
+#[derive(Debug, Clone)]
 pub struct MemoryPresence {
-    users: Arc<Mutex<HashMap<UserId, Vec<Entry>>>>,
+    state: Arc<State>,
+}
+
+impl Default for MemoryPresence {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(State {
+                users: Mutex::new(HashMap::new()),
+                feed: broadcast::channel(FEED_CAPACITY).0,
+            }),
+        }
+    }
 }
 
 impl MemoryPresence {
@@ -32,38 +54,75 @@ impl MemoryPresence {
         Self::default()
     }
 
+    fn publish(&self, change: PresenceChange) {
+        // No subscriber is not an error: nobody watches.
+        let _ = self.state.feed.send(change);
+    }
+
     fn register(&self, request: RegisterDevice) -> bool {
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        let entries = users.entry(request.user).or_default();
-        let came_online = entries.is_empty();
-        entries.push(Entry {
-            device: request.device,
-            node: request.node,
-            connection: request.connection,
-        });
+        let came_online = {
+            let mut users = self
+                .state
+                .users
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let entries = users.entry(request.user.clone()).or_default();
+            let came_online = entries.is_empty();
+            entries.push(Entry {
+                device: request.device,
+                node: request.node,
+                connection: request.connection,
+            });
+            came_online
+        };
+        if came_online {
+            self.publish(PresenceChange {
+                user: request.user,
+                online: true,
+                at: request.at,
+            });
+        }
         came_online
     }
 
     fn unregister(&self, request: UnregisterDevice) -> bool {
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(entries) = users.get_mut(&request.user) else {
-            return false;
+        let went_offline = {
+            let mut users = self
+                .state
+                .users
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(entries) = users.get_mut(&request.user) else {
+                return false;
+            };
+            let before = entries.len();
+            entries.retain(|entry| {
+                !(entry.connection == request.connection
+                    && entry.node == request.node
+                    && entry.device == request.device)
+            });
+            let went_offline = before > 0 && entries.is_empty();
+            if entries.is_empty() {
+                users.remove(&request.user);
+            }
+            went_offline
         };
-        let before = entries.len();
-        entries.retain(|entry| {
-            !(entry.connection == request.connection
-                && entry.node == request.node
-                && entry.device == request.device)
-        });
-        let went_offline = before > 0 && entries.is_empty();
-        if entries.is_empty() {
-            users.remove(&request.user);
+        if went_offline {
+            self.publish(PresenceChange {
+                user: request.user,
+                online: false,
+                at: request.at,
+            });
         }
         went_offline
     }
 
     fn lookup(&self, request: &LookupPresence) -> Vec<OnlineDevice> {
-        let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        let users = self
+            .state
+            .users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut online = Vec::new();
         for user in &request.users {
             for entry in users.get(user).into_iter().flatten() {
@@ -76,59 +135,82 @@ impl MemoryPresence {
         }
         online
     }
-}
 
-impl tower::Service<RegisterDevice> for MemoryPresence {
-    type Response = bool;
-    type Error = Error;
-    type Future = Ready<Result<bool, Error>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: RegisterDevice) -> Self::Future {
-        ready(Ok(self.register(request)))
+    fn nodes(&self) -> Vec<NodeId> {
+        let users = self
+            .state
+            .users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let nodes: BTreeSet<&NodeId> = users.values().flatten().map(|entry| &entry.node).collect();
+        nodes.into_iter().cloned().collect()
     }
 }
 
-impl tower::Service<UnregisterDevice> for MemoryPresence {
-    type Response = bool;
-    type Error = Error;
-    type Future = Ready<Result<bool, Error>>;
+/// Implements `tower::Service<$request>` for [`MemoryPresence`] with a ready answer.
+macro_rules! ready_service {
+    ($request:ty, |$registry:ident, $req:ident| $answer:expr) => {
+        impl tower::Service<$request> for MemoryPresence {
+            type Response = <$request as messenger_core::service::Operation>::Response;
+            type Error = Error;
+            type Future = Ready<Result<Self::Response, Error>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+                Poll::Ready(Ok(()))
+            }
 
-    fn call(&mut self, request: UnregisterDevice) -> Self::Future {
-        ready(Ok(self.unregister(request)))
-    }
+            fn call(&mut self, $req: $request) -> Self::Future {
+                let $registry = &*self;
+                ready(Ok($answer))
+            }
+        }
+    };
 }
 
-impl tower::Service<LookupPresence> for MemoryPresence {
-    type Response = Vec<OnlineDevice>;
-    type Error = Error;
-    type Future = Ready<Result<Vec<OnlineDevice>, Error>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: LookupPresence) -> Self::Future {
-        ready(Ok(self.lookup(&request)))
-    }
-}
+ready_service!(RegisterDevice, |registry, request| registry
+    .register(request));
+ready_service!(UnregisterDevice, |registry, request| registry
+    .unregister(request));
+ready_service!(LookupPresence, |registry, request| registry
+    .lookup(&request));
+ready_service!(SubscribePresence, |registry, _request| registry
+    .state
+    .feed
+    .subscribe());
+ready_service!(ListNodes, |registry, _request| registry.nodes());
 
 /// Behaviour every presence registry must show, for backend test suites.
+///
+/// Every check takes two handles on one registry as two nodes of a cluster see it (for a
+/// shared backend: two registries with their own node id and lease over the same server; for
+/// [`MemoryPresence`]: two clones). Users are random, so suites can share a server.
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance {
-    use std::sync::Arc;
+    use std::time::Duration;
 
     use messenger_core::presence::{
-        LookupPresence, NodeId, PresenceService, RegisterDevice, UnregisterDevice,
+        ListNodes, LookupPresence, NodeId, PresenceChange, PresenceFeed, PresenceService,
+        RegisterDevice, SubscribePresence, UnregisterDevice,
     };
-    use messenger_core::{DeviceId, UserId, call};
+    use messenger_core::{DeviceId, Timestamp, UserId, call};
+    use tokio::sync::broadcast::error::RecvError;
+
+    /// One node's view of the registry under test.
+    #[derive(Debug)]
+    pub struct NodeHandle<'a, S> {
+        /// The node's id, as the registry knows it.
+        pub id: &'a NodeId,
+        /// The registry, as this node uses it.
+        pub registry: &'a S,
+    }
+
+    impl<S> Clone for NodeHandle<'_, S> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+
+    impl<S> Copy for NodeHandle<'_, S> {}
 
     fn unique(label: &str) -> UserId {
         use rand::Rng;
@@ -136,12 +218,18 @@ pub mod conformance {
         UserId::new(format!("{label}-{suffix:x}")).unwrap_or_else(|err| panic!("{err}"))
     }
 
-    fn register(user: &UserId, device: &str, node: &NodeId, connection: u64) -> RegisterDevice {
+    fn register<S>(
+        user: &UserId,
+        device: &str,
+        node: NodeHandle<'_, S>,
+        connection: u64,
+    ) -> RegisterDevice {
         RegisterDevice {
             user: user.clone(),
             device: DeviceId::new(device).unwrap_or_else(|err| panic!("{err}")),
-            node: node.clone(),
+            node: node.id.clone(),
             connection,
+            at: Timestamp::now(),
         }
     }
 
@@ -151,51 +239,58 @@ pub mod conformance {
             device: request.device.clone(),
             node: request.node.clone(),
             connection: request.connection,
+            at: Timestamp::now(),
         }
+    }
+
+    async fn ok<S, R>(registry: &S, request: R) -> R::Response
+    where
+        R: messenger_core::service::Operation,
+        S: messenger_core::service::Handles<R>,
+    {
+        call(registry, request)
+            .await
+            .unwrap_or_else(|err| panic!("{} failed: {err}", R::NAME))
     }
 
     /// Runs every check.
     ///
     /// # Panics
     /// When the registry breaks the contract.
-    pub async fn run_all<S: PresenceService>(registry: &S) {
-        online_while_any_device_is_connected(registry).await;
-        a_stale_unregister_changes_nothing(registry).await;
-        lookup_lists_devices_and_nodes(registry).await;
+    pub async fn run_all<S: PresenceService>(a: NodeHandle<'_, S>, b: NodeHandle<'_, S>) {
+        online_while_any_device_is_connected(a, b).await;
+        a_stale_unregister_changes_nothing(a).await;
+        lookup_lists_devices_and_nodes(a, b).await;
+        changes_reach_every_subscriber(a, b).await;
+        live_nodes_are_listed(a, b).await;
     }
 
-    /// The first device brings a user online, the last one takes them offline.
+    /// The first device brings a user online, the last one takes them offline, whichever node
+    /// holds them.
     ///
     /// # Panics
     /// When the registry breaks the contract.
-    pub async fn online_while_any_device_is_connected<S: PresenceService>(registry: &S) {
-        let node: NodeId = Arc::from("node-a");
+    pub async fn online_while_any_device_is_connected<S: PresenceService>(
+        a: NodeHandle<'_, S>,
+        b: NodeHandle<'_, S>,
+    ) {
         let user = unique("presence");
-        let phone = register(&user, "phone", &node, 1);
-        let laptop = register(&user, "laptop", &node, 2);
+        let phone = register(&user, "phone", a, 1);
+        let laptop = register(&user, "laptop", b, 2);
+        assert!(ok(a.registry, phone.clone()).await, "first device: online");
         assert!(
-            call(registry, phone.clone())
-                .await
-                .unwrap_or_else(|err| panic!("{err}"))
+            !ok(b.registry, laptop.clone()).await,
+            "second device: already online"
         );
         assert!(
-            !call(registry, laptop.clone())
-                .await
-                .unwrap_or_else(|err| panic!("{err}"))
+            !ok(a.registry, unregister(&phone)).await,
+            "a device is left"
         );
         assert!(
-            !call(registry, unregister(&phone))
-                .await
-                .unwrap_or_else(|err| panic!("{err}"))
+            ok(b.registry, unregister(&laptop)).await,
+            "last device: offline"
         );
-        assert!(
-            call(registry, unregister(&laptop))
-                .await
-                .unwrap_or_else(|err| panic!("{err}"))
-        );
-        let online = call(registry, LookupPresence { users: vec![user] })
-            .await
-            .unwrap_or_else(|err| panic!("{err}"));
+        let online = ok(a.registry, LookupPresence { users: vec![user] }).await;
         assert!(online.is_empty(), "{online:?}");
     }
 
@@ -203,90 +298,177 @@ pub mod conformance {
     ///
     /// # Panics
     /// When the registry breaks the contract.
-    pub async fn a_stale_unregister_changes_nothing<S: PresenceService>(registry: &S) {
-        let node: NodeId = Arc::from("node-a");
+    pub async fn a_stale_unregister_changes_nothing<S: PresenceService>(a: NodeHandle<'_, S>) {
         let user = unique("stale");
-        let old = register(&user, "phone", &node, 10);
-        let new = register(&user, "phone", &node, 11);
-        call(registry, old.clone())
-            .await
-            .unwrap_or_else(|err| panic!("{err}"));
-        call(registry, new.clone())
-            .await
-            .unwrap_or_else(|err| panic!("{err}"));
-        assert!(
-            !call(registry, unregister(&old))
-                .await
-                .unwrap_or_else(|err| panic!("{err}"))
-        );
-        let online = call(
-            registry,
+        let old = register(&user, "phone", a, 10);
+        let new = register(&user, "phone", a, 11);
+        ok(a.registry, old.clone()).await;
+        ok(a.registry, new.clone()).await;
+        assert!(!ok(a.registry, unregister(&old)).await);
+        let online = ok(
+            a.registry,
             LookupPresence {
                 users: vec![user.clone()],
             },
         )
-        .await
-        .unwrap_or_else(|err| panic!("{err}"));
-        assert_eq!(online.len(), 1);
-        assert!(
-            call(registry, unregister(&new))
-                .await
-                .unwrap_or_else(|err| panic!("{err}"))
-        );
+        .await;
+        assert_eq!(online.len(), 1, "{online:?}");
+        assert!(ok(a.registry, unregister(&new)).await);
     }
 
-    /// Lookup answers every online device of the users asked about, with its node.
+    /// Lookup answers every online device of the users asked about, with its node, from any
+    /// node.
     ///
     /// # Panics
     /// When the registry breaks the contract.
-    pub async fn lookup_lists_devices_and_nodes<S: PresenceService>(registry: &S) {
-        let a: NodeId = Arc::from("node-a");
-        let b: NodeId = Arc::from("node-b");
+    pub async fn lookup_lists_devices_and_nodes<S: PresenceService>(
+        a: NodeHandle<'_, S>,
+        b: NodeHandle<'_, S>,
+    ) {
         let first = unique("first");
         let second = unique("second");
         let offline = unique("offline");
-        let phone = register(&first, "phone", &a, 20);
-        let tablet = register(&first, "tablet", &b, 21);
-        let other = register(&second, "phone", &b, 22);
-        for request in [&phone, &tablet, &other] {
-            call(registry, request.clone())
-                .await
-                .unwrap_or_else(|err| panic!("{err}"));
+        let phone = register(&first, "phone", a, 20);
+        let tablet = register(&first, "tablet", b, 21);
+        let other = register(&second, "phone", b, 22);
+        ok(a.registry, phone.clone()).await;
+        ok(b.registry, tablet.clone()).await;
+        ok(b.registry, other.clone()).await;
+        for asking in [a, b] {
+            let mut online = ok(
+                asking.registry,
+                LookupPresence {
+                    users: vec![first.clone(), offline.clone(), second.clone()],
+                },
+            )
+            .await;
+            online.sort_by(|x, y| (&x.user, &x.device).cmp(&(&y.user, &y.device)));
+            let found: Vec<(String, String, String)> = online
+                .iter()
+                .map(|d| (d.user.to_string(), d.device.to_string(), d.node.to_string()))
+                .collect();
+            let mut expected = vec![
+                (first.to_string(), "phone".to_owned(), a.id.to_string()),
+                (first.to_string(), "tablet".to_owned(), b.id.to_string()),
+                (second.to_string(), "phone".to_owned(), b.id.to_string()),
+            ];
+            expected.sort();
+            assert_eq!(found, expected, "asked on {}", asking.id);
         }
-        let mut online = call(
-            registry,
-            LookupPresence {
-                users: vec![first.clone(), offline, second.clone()],
-            },
-        )
-        .await
-        .unwrap_or_else(|err| panic!("{err}"));
-        online.sort_by(|x, y| (&x.user, &x.device).cmp(&(&y.user, &y.device)));
-        let found: Vec<(String, String, String)> = online
-            .iter()
-            .map(|d| (d.user.to_string(), d.device.to_string(), d.node.to_string()))
-            .collect();
-        let mut expected = vec![
-            (first.to_string(), "phone".to_owned(), "node-a".to_owned()),
-            (first.to_string(), "tablet".to_owned(), "node-b".to_owned()),
-            (second.to_string(), "phone".to_owned(), "node-b".to_owned()),
-        ];
-        expected.sort();
-        assert_eq!(found, expected);
-        for request in [&phone, &tablet, &other] {
-            call(registry, unregister(request))
-                .await
-                .unwrap_or_else(|err| panic!("{err}"));
+        ok(a.registry, unregister(&phone)).await;
+        ok(b.registry, unregister(&tablet)).await;
+        ok(b.registry, unregister(&other)).await;
+    }
+
+    /// The changes of `user` a feed carries, until one going offline (at most 10 s).
+    async fn changes_of(feed: &mut PresenceFeed, user: &UserId) -> Vec<bool> {
+        let mut seen = Vec::new();
+        let collect = async {
+            loop {
+                match feed.recv().await {
+                    Ok(PresenceChange {
+                        user: who, online, ..
+                    }) if &who == user => {
+                        seen.push(online);
+                        if !online {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => panic!("the presence feed closed"),
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), collect)
+            .await
+            .is_err()
+        {
+            panic!("no offline change for {user} within 10 s; saw {seen:?}");
         }
+        seen
+    }
+
+    /// A user coming online and going offline reaches the subscribers of every node, once
+    /// each: a second device is not a change.
+    ///
+    /// # Panics
+    /// When the registry breaks the contract.
+    pub async fn changes_reach_every_subscriber<S: PresenceService>(
+        a: NodeHandle<'_, S>,
+        b: NodeHandle<'_, S>,
+    ) {
+        let mut feed_a = ok(a.registry, SubscribePresence).await;
+        let mut feed_b = ok(b.registry, SubscribePresence).await;
+        let user = unique("feed");
+        let phone = register(&user, "phone", a, 30);
+        let laptop = register(&user, "laptop", b, 31);
+        ok(a.registry, phone.clone()).await;
+        ok(b.registry, laptop.clone()).await;
+        ok(b.registry, unregister(&laptop)).await;
+        ok(a.registry, unregister(&phone)).await;
+        assert_eq!(
+            changes_of(&mut feed_a, &user).await,
+            [true, false],
+            "node {}",
+            a.id
+        );
+        assert_eq!(
+            changes_of(&mut feed_b, &user).await,
+            [true, false],
+            "node {}",
+            b.id
+        );
+    }
+
+    /// Both nodes are listed as alive while they have devices registered.
+    ///
+    /// # Panics
+    /// When the registry breaks the contract.
+    pub async fn live_nodes_are_listed<S: PresenceService>(
+        a: NodeHandle<'_, S>,
+        b: NodeHandle<'_, S>,
+    ) {
+        let user = unique("nodes");
+        let phone = register(&user, "phone", a, 40);
+        let laptop = register(&user, "laptop", b, 41);
+        ok(a.registry, phone.clone()).await;
+        ok(b.registry, laptop.clone()).await;
+        for asking in [a, b] {
+            let nodes = ok(asking.registry, ListNodes).await;
+            for node in [a.id, b.id] {
+                assert!(
+                    nodes.contains(node),
+                    "{node} missing from {nodes:?} (asked on {})",
+                    asking.id
+                );
+            }
+        }
+        ok(a.registry, unregister(&phone)).await;
+        ok(b.registry, unregister(&laptop)).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use conformance::NodeHandle;
 
     #[tokio::test]
     async fn memory_presence_passes_the_conformance_suite() {
-        conformance::run_all(&MemoryPresence::new()).await;
+        let registry = MemoryPresence::new();
+        let (a, b): (NodeId, NodeId) = (Arc::from("node-a"), Arc::from("node-b"));
+        conformance::run_all(
+            NodeHandle {
+                id: &a,
+                registry: &registry,
+            },
+            NodeHandle {
+                id: &b,
+                registry: &registry.clone(),
+            },
+        )
+        .await;
     }
 }
