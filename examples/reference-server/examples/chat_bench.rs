@@ -29,6 +29,18 @@
 //! By default it starts `reference-server` from the directory above the example binary
 //! (`target/release/reference-server`) with a fresh temporary data dir; `--server-bin PATH`
 //! chooses another binary and `--url ws://HOST:PORT/ws` uses a running server instead.
+//!
+//! **Cross-node comparison.** With `--mysql URL --redis URL --kafka BROKERS` (a binary built
+//! with `--features kafka`) the same workloads run, in the same run, on three setups: one
+//! node on the embedded store; one node on MariaDB + Redis; two nodes on MariaDB + Redis +
+//! Kafka with every sender on the first node and every recipient on the second (group members
+//! alternate between the nodes, so half of each message's deliveries cross nodes):
+//!
+//! ```text
+//! cargo build --release -p reference-server --features kafka
+//! cargo run --release -p reference-server --example chat_bench -- \
+//!     --mysql "$(scripts/mariadb.sh)" --redis "$(scripts/redis.sh)" --kafka "$(scripts/kafka.sh)"
+//! ```
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -70,6 +82,15 @@ struct Args {
     /// Use an already-running server (`ws://HOST:PORT/ws`) instead of starting one.
     #[arg(long)]
     url: Option<String>,
+    /// Cross-node comparison: the shared MySQL/MariaDB store.
+    #[arg(long, requires_all = ["redis", "kafka"])]
+    mysql: Option<String>,
+    /// Cross-node comparison: Redis.
+    #[arg(long, requires_all = ["mysql", "kafka"])]
+    redis: Option<String>,
+    /// Cross-node comparison: the Kafka bootstrap servers.
+    #[arg(long, requires_all = ["mysql", "redis"])]
+    kafka: Option<String>,
 }
 
 /// Process-wide clock; texts carry `BASE.elapsed()` in ns at send time.
@@ -96,11 +117,12 @@ impl Drop for Server {
     }
 }
 
-fn start_server(bin: PathBuf) -> (Server, String) {
+fn start_server(bin: &PathBuf, extra: &[String]) -> (Server, String) {
     let data = tempfile::tempdir().expect("temp data dir");
-    let mut child = Command::new(&bin)
+    let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -240,35 +262,24 @@ fn rate(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    let _ = *BASE;
-    let (_server, url) = match &args.url {
-        Some(url) => (None, url.clone()),
-        None => {
-            let bin = args.server_bin.clone().unwrap_or_else(|| {
-                let exe = std::env::current_exe().expect("current exe");
-                let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-                dir.join(format!("reference-server{}", std::env::consts::EXE_SUFFIX))
-            });
-            let (server, url) = start_server(bin);
-            (Some(server), url)
-        }
-    };
-    // Unique names, so a reused server's old conversations do not interfere.
+/// Both phases against `urls` (senders on the first, recipients on the last; group members
+/// alternate).
+async fn measure(args: &Args, urls: &[String]) -> (Phase, Phase) {
+    // Unique names, so a reused server's (or database's) old conversations do not interfere.
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let name = |kind: &str, i: usize| format!("b{run}-{kind}{i}");
+    let (first, last) = (&urls[0], &urls[urls.len() - 1]);
 
     // Phase 1: 1:1 pairs.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let connect_all = |kind: &'static str, n: usize, tx: &mpsc::UnboundedSender<Duration>| {
-        join_all((0..n).map(|i| connect(url.clone(), name(kind, i), tx.clone())))
-    };
-    let senders = connect_all("s", args.pairs, &tx).await;
-    let recipients = connect_all("r", args.pairs, &tx).await;
+    let connect_all =
+        |kind: &'static str, n: usize, url: &String, tx: &mpsc::UnboundedSender<Duration>| {
+            join_all((0..n).map(|i| connect(url.clone(), name(kind, i), tx.clone())))
+        };
+    let senders = connect_all("s", args.pairs, first, &tx).await;
+    let recipients = connect_all("r", args.pairs, last, &tx).await;
     let chats = join_all(senders.iter().enumerate().map(|(i, sender)| async move {
         let peer = UserId::new(name("r", i)).expect("user id");
         let info = sender.open_direct(&peer).await.expect("open_direct");
@@ -285,7 +296,11 @@ async fn main() {
     let size = args.group_size.max(2);
     let k = args.group_senders.min(size);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let members = connect_all("g", size, &tx).await;
+    let members = join_all((0..size).map(|i| {
+        let url = urls[i % urls.len()].clone();
+        connect(url, name("g", i), tx.clone())
+    }))
+    .await;
     let others: Vec<UserId> = (1..size)
         .map(|i| UserId::new(name("g", i)).expect("user id"))
         .collect();
@@ -298,11 +313,71 @@ async fn main() {
     for client in &members {
         client.close().await;
     }
+    (direct, grouped)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let _ = *BASE;
+    let bin = args.server_bin.clone().unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        dir.join(format!("reference-server{}", std::env::consts::EXE_SUFFIX))
+    });
+    // Each setup: a name and the flags of each of its nodes.
+    let mut setups: Vec<(String, Vec<Vec<String>>)> = Vec::new();
+    match &args.url {
+        Some(url) => setups.push((format!("running server {url}"), Vec::new())),
+        None => setups.push(("1 node, embedded store".into(), vec![Vec::new()])),
+    }
+    if let (Some(mysql), Some(redis), Some(kafka)) = (&args.mysql, &args.redis, &args.kafka) {
+        let shared = |id: &str, kafka_too: bool| {
+            let mut flags = vec!["--store", mysql, "--redis", redis, "--node-id", id];
+            if kafka_too {
+                flags.extend(["--kafka", kafka]);
+            }
+            flags.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        };
+        setups.push((
+            "1 node, MariaDB + Redis".into(),
+            vec![shared("bench-solo", false)],
+        ));
+        setups.push((
+            "2 nodes, MariaDB + Redis + Kafka, cross-node".into(),
+            vec![shared("bench-a", true), shared("bench-b", true)],
+        ));
+    }
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let command: Vec<String> = std::env::args().collect();
     println!("command: {}", command.join(" "));
-    println!("cores: {cores}; server: {url}");
+    println!("cores: {cores}");
+    for (setup, nodes) in setups {
+        let (servers, urls): (Vec<Option<Server>>, Vec<String>) = if nodes.is_empty() {
+            (vec![None], args.url.clone().into_iter().collect())
+        } else {
+            nodes
+                .iter()
+                .map(|flags| {
+                    let (server, url) = start_server(&bin, flags);
+                    (Some(server), url)
+                })
+                .unzip()
+        };
+        let (direct, grouped) = measure(&args, &urls).await;
+        drop(servers);
+        report(&args, &setup, &direct, &grouped);
+    }
+    let disconnects = DISCONNECTS.load(Ordering::Relaxed);
+    println!("client disconnects during the run: {disconnects}");
+}
+
+fn report(args: &Args, setup: &str, direct: &Phase, grouped: &Phase) {
+    let size = args.group_size.max(2);
+    let k = args.group_senders.min(size);
+    println!();
+    println!("### {setup}");
     println!("| workload | count | wall s | rate /s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|");
     let direct_rate = rate(direct.delivered.len(), direct.wall);
@@ -334,8 +409,6 @@ async fn main() {
         "group fanout: {group_rate:.0} deliveries/s = {:.2}x the 1:1 message rate ({direct_rate:.0}/s)",
         group_rate / direct_rate
     );
-    let disconnects = DISCONNECTS.load(Ordering::Relaxed);
-    println!("client disconnects during the run: {disconnects}");
 }
 
 fn row(what: &str, count: usize, wall: Duration, (p50, p99): (f64, f64)) {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use messenger_fanout::bus::EventBus;
+use messenger_core::presence::NodeId;
+use messenger_core::sequencer::SeqFloor;
 use messenger_fanout::{Fanout, local::LocalFanout};
 use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator, JwtAuthenticator};
@@ -20,6 +22,10 @@ use messenger_store::mysql::MysqlStore;
 use messenger_store::{EmbeddedConfig, EmbeddedStore, Store, StoreBackend};
 use tower::ServiceBuilder;
 use tracing_subscriber::EnvFilter;
+
+mod backends;
+
+use backends::{AnyFanout, AnyPresence, AnySequencer};
 
 /// The messenger reference server.
 #[derive(Debug, Parser)]
@@ -66,9 +72,31 @@ struct Args {
     #[arg(long, env = "MESSENGER_MAX_CONNECTIONS", default_value_t = 16_000)]
     max_connections: usize,
 
-    /// This node's id.
-    #[arg(long, env = "MESSENGER_NODE_ID", default_value = "node-1")]
-    node_id: String,
+    /// This node's id, unique in the cluster. Default: `node-1` on its own; a random
+    /// `node-XXXXXXXX` with `--redis` (a restarted node then comes back as a new node).
+    #[arg(long, env = "MESSENGER_NODE_ID")]
+    node_id: Option<String>,
+
+    /// Redis for the sequencer and the presence registry, so several nodes form one cluster:
+    /// `redis://HOST:PORT/` for a standalone server, or several comma-separated URLs for
+    /// Redis Cluster seed nodes. Without it, both live in this process.
+    #[arg(long, env = "MESSENGER_REDIS", hide_env_values = true)]
+    redis: Option<String>,
+
+    /// Kafka bootstrap servers (`HOST:PORT[,HOST:PORT...]`) for the fanout between nodes (a
+    /// topic per node) and the domain event stream. Needs `--redis` (the presence registry
+    /// says which node holds whom) and the `kafka` build feature.
+    #[arg(long, env = "MESSENGER_KAFKA")]
+    kafka: Option<String>,
+
+    /// The Kafka topic of domain events (with `--kafka`).
+    #[arg(long, env = "MESSENGER_EVENTS_TOPIC", default_value = "messenger.events")]
+    events_topic: String,
+
+    /// The presence lease of this node, in milliseconds (with `--redis`): other nodes treat
+    /// it as gone this long after its last heartbeat.
+    #[arg(long, env = "MESSENGER_LEASE_MS", default_value_t = 5_000)]
+    lease_ms: u64,
 
     /// Timeout for each store operation, in milliseconds.
     #[arg(long, env = "MESSENGER_STORE_TIMEOUT_MS", default_value_t = 10_000)]
@@ -214,31 +242,43 @@ async fn serve<B: StoreBackend>(
     auth: AnyAuthenticator,
     args: Args,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    // The sequencer starts empty and learns each conversation's floor from the store, so
-    // seqs continue after a restart (and, with a shared store, after another node's writes:
-    // a conflict fences it forward).
-    let sequencer = Sequencer::new(MemorySequencer::new(store.clone()));
+    if args.kafka.is_some() && args.redis.is_none() {
+        return Err("--kafka needs --redis: the presence registry tells nodes apart".into());
+    }
+    let node_id: NodeId = Arc::from(args.node_id.clone().unwrap_or_else(|| {
+        if args.redis.is_some() {
+            format!("node-{:08x}", rand_u32())
+        } else {
+            "node-1".to_owned()
+        }
+    }));
     let hub = Hub::new();
-    let fanout = Fanout::new(LocalFanout::new(Arc::clone(&hub)));
+    let cluster = Cluster::connect(&args, &node_id, store.clone(), &hub).await?;
     let store = ServiceBuilder::new()
         .timeout(Duration::from_millis(args.store_timeout_ms))
         .service(store);
 
     let mut config = NodeConfig::default();
-    config.node_id = Arc::from(args.node_id.as_str());
+    config.node_id = Arc::clone(&node_id);
     config.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
     config.outbound_queue = args.outbound_queue;
     config.write_timeout = Duration::from_millis(args.write_timeout_ms);
     let bus = EventBus::new(4096);
+    let events = cluster.events.clone();
     let services = Services {
         store,
-        sequencer,
-        fanout,
+        sequencer: Sequencer::from_arc(Arc::clone(&cluster.sequencer)),
+        fanout: Fanout::from_arc(Arc::clone(&cluster.fanout)),
         auth,
-        presence: MemoryPresence::new(),
+        presence: cluster.presence.clone(),
     };
-    let node =
-        Node::new(services, hub, config).with_event_sink(Arc::new(move |event| bus.publish(event)));
+    let node = Node::new(services, hub, config).with_event_sink(Arc::new(move |event| {
+        if let Some(events) = &events {
+            events.publish(event.clone());
+        }
+        bus.publish(event);
+    }));
+    let stats_node = node.clone();
 
     let mut server_config = ServerConfig::default();
     server_config.max_connections = args.max_connections;
@@ -249,12 +289,209 @@ async fn serve<B: StoreBackend>(
         .await
         .map_err(|err| format!("cannot listen on {}: {err}", args.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, "listening");
+    tracing::info!(%address, node = %node_id, "listening");
     // Tests and scripts read this line to find the port.
     println!("listening on {address}");
     server.run(listener, shutdown_signal()).await?;
+    // Every connection is closed (and unregistered): leave the cluster.
+    cluster.leave().await;
+    let stats = stats_node.member_cache_stats();
+    tracing::info!(
+        hits = stats.hits,
+        misses = stats.misses,
+        invalidations = stats.invalidations,
+        hit_rate = stats.hit_rate(),
+        "member cache"
+    );
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A random number for node ids, without a dependency: the standard library's hasher is
+/// seeded randomly per process.
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    let hash = RandomState::new().hash_one(std::process::id());
+    u32::try_from(hash & u64::from(u32::MAX)).unwrap_or_default()
+}
+
+/// The parts of a node that other nodes share: sequencer, presence, fanout, event stream.
+struct Cluster<F> {
+    sequencer: Arc<AnySequencer<F>>,
+    presence: AnyPresence,
+    fanout: Arc<AnyFanout>,
+    events: Option<Arc<EventStream>>,
+}
+
+/// Where domain events go besides the in-process bus.
+#[derive(Debug)]
+enum EventStream {
+    #[cfg(feature = "kafka")]
+    Kafka(messenger_fanout::kafka::KafkaEventSink),
+}
+
+impl EventStream {
+    fn publish(&self, event: messenger_core::DomainEvent) {
+        #[cfg(feature = "kafka")]
+        match self {
+            Self::Kafka(sink) => sink.publish(event),
+        }
+        #[cfg(not(feature = "kafka"))]
+        {
+            let _ = event;
+            match *self {}
+        }
+    }
+}
+
+impl<F: SeqFloor + Clone> Cluster<F> {
+    /// One node on its own: everything in this process.
+    fn local(floor: F, hub: &Arc<Hub>) -> Self {
+        Self {
+            sequencer: Arc::new(AnySequencer::Memory(MemorySequencer::new(floor))),
+            presence: AnyPresence::Memory(MemoryPresence::new()),
+            fanout: Arc::new(AnyFanout::Local(LocalFanout::new(Arc::clone(hub)))),
+            events: None,
+        }
+    }
+
+    /// Joins the cluster the flags name (or stays alone without `--redis`).
+    async fn connect(
+        args: &Args,
+        node: &NodeId,
+        floor: F,
+        hub: &Arc<Hub>,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let Some(redis) = &args.redis else {
+            // The sequencer starts empty and learns each conversation's floor from the
+            // store, so seqs continue after a restart (and, with a shared store, after another
+            // node's writes: a conflict fences it forward).
+            return Ok(Self::local(floor, hub));
+        };
+        connect_cluster(args, redis, node, floor, hub).await
+    }
+
+    /// Leaves the cluster after the drain: deletes this node's fanout topic and releases its
+    /// presence lease (its devices are gone already; any left are removed).
+    async fn leave(&self) {
+        #[cfg(feature = "kafka")]
+        if let AnyFanout::Kafka(fanout) = &*self.fanout {
+            fanout.shutdown().await;
+        }
+        #[cfg(feature = "redis")]
+        if let AnyPresence::Redis(presence) = &self.presence {
+            if let Err(err) = presence.release().await {
+                tracing::warn!(error = %err, "could not release the presence lease");
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+async fn connect_cluster<F: SeqFloor + Clone>(
+    _args: &Args,
+    _redis: &str,
+    _node: &NodeId,
+    _floor: F,
+    _hub: &Arc<Hub>,
+) -> Result<Cluster<F>, Box<dyn std::error::Error>> {
+    Err("this build has no Redis support: build with `--features redis`".into())
+}
+
+#[cfg(feature = "redis")]
+async fn connect_cluster<F: SeqFloor + Clone>(
+    args: &Args,
+    redis: &str,
+    node: &NodeId,
+    floor: F,
+    hub: &Arc<Hub>,
+) -> Result<Cluster<F>, Box<dyn std::error::Error>> {
+    use messenger_sequencer::redis::RedisSequencer;
+    use messenger_socket::presence::redis::{RedisPresence, RedisPresenceConfig};
+
+    let urls: Vec<String> = redis
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let sequencer = match urls.as_slice() {
+        [] => return Err("--redis needs at least one URL".into()),
+        [url] => {
+            let client = redis::Client::open(url.as_str())
+                .map_err(|err| format!("--redis {url}: {err}"))?;
+            let connection = redis::aio::ConnectionManager::new(client)
+                .await
+                .map_err(|err| format!("cannot connect to Redis at {url}: {err}"))?;
+            AnySequencer::Redis(RedisSequencer::new(connection, floor))
+        }
+        urls => {
+            let connection = redis::cluster::ClusterClient::new(urls.to_vec())
+                .map_err(|err| format!("--redis {redis}: {err}"))?
+                .get_async_connection()
+                .await
+                .map_err(|err| format!("cannot connect to Redis Cluster at {redis}: {err}"))?;
+            AnySequencer::RedisCluster(RedisSequencer::new(connection, floor))
+        }
+    };
+    let presence_config = RedisPresenceConfig::new(urls, Arc::clone(node))
+        .with_lease(Duration::from_millis(args.lease_ms));
+    let presence = AnyPresence::Redis(
+        RedisPresence::connect(presence_config)
+            .await
+            .map_err(|err| format!("cannot start the Redis presence registry: {err}"))?,
+    );
+    tracing::info!(node = %node, "redis sequencer and presence");
+    let (fanout, events) = match &args.kafka {
+        None => {
+            tracing::warn!(
+                "--redis without --kafka: events reach only this node's connections; run one \
+                 node, or give every node --kafka"
+            );
+            (AnyFanout::Local(LocalFanout::new(Arc::clone(hub))), None)
+        }
+        Some(brokers) => kafka(args, brokers, node, hub, &presence).await?,
+    };
+    Ok(Cluster {
+        sequencer: Arc::new(sequencer),
+        presence,
+        fanout: Arc::new(fanout),
+        events,
+    })
+}
+
+#[cfg(all(feature = "redis", not(feature = "kafka")))]
+async fn kafka(
+    _args: &Args,
+    _brokers: &str,
+    _node: &NodeId,
+    _hub: &Arc<Hub>,
+    _presence: &AnyPresence,
+) -> Result<(AnyFanout, Option<Arc<EventStream>>), Box<dyn std::error::Error>> {
+    Err("this build has no Kafka support: build with `cargo build --release -p reference-server --features kafka`".into())
+}
+
+#[cfg(all(feature = "redis", feature = "kafka"))]
+async fn kafka(
+    args: &Args,
+    brokers: &str,
+    node: &NodeId,
+    hub: &Arc<Hub>,
+    presence: &AnyPresence,
+) -> Result<(AnyFanout, Option<Arc<EventStream>>), Box<dyn std::error::Error>> {
+    use messenger_fanout::kafka::{KafkaEventSink, KafkaFanout, KafkaFanoutConfig};
+
+    let config = KafkaFanoutConfig::new(brokers, Arc::clone(node));
+    let fanout = KafkaFanout::start(config, Arc::clone(hub), presence.clone())
+        .await
+        .map_err(|err| format!("cannot start the Kafka fanout on {brokers}: {err}"))?;
+    let events = KafkaEventSink::new(brokers, &args.events_topic)
+        .map_err(|err| format!("cannot start the Kafka event stream on {brokers}: {err}"))?;
+    tracing::info!(%brokers, topic = %args.events_topic, "kafka fanout and events");
+    Ok((
+        AnyFanout::Kafka(fanout),
+        Some(Arc::new(EventStream::Kafka(events))),
+    ))
 }
 
 async fn shutdown_signal() {

@@ -25,6 +25,10 @@ use rand::Rng;
 pub struct ClientConfig {
     /// The server's WebSocket endpoint, e.g. `ws://127.0.0.1:8080/ws`.
     pub url: String,
+    /// Other nodes of the same cluster. The first connection goes to [`url`](Self::url);
+    /// after a failed attempt, the next attempt goes to the next endpoint, round robin, so a
+    /// device whose node died moves to another one and resyncs there. Default: empty.
+    pub fallback_urls: Vec<String>,
     /// The bearer token sent in `hello`. Redacted in `Debug`.
     pub token: String,
     /// The first reconnect delay; it doubles on every failed attempt. Default: 250 ms.
@@ -58,6 +62,7 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
         ClientConfig {
             url: url.into(),
+            fallback_urls: Vec::new(),
             token: token.into(),
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(30),
@@ -68,6 +73,18 @@ impl ClientConfig {
             auto_delivered: true,
             cursors: BTreeMap::new(),
         }
+    }
+
+    /// Sets [`fallback_urls`](Self::fallback_urls): other nodes to try when a connection
+    /// attempt fails.
+    #[must_use]
+    pub fn fallback_urls<I, U>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        self.fallback_urls = urls.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Sets the reconnect backoff bounds.
@@ -125,6 +142,7 @@ impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConfig")
             .field("url", &self.url)
+            .field("fallback_urls", &self.fallback_urls)
             .field("token", &"<redacted>")
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)

@@ -218,7 +218,10 @@ fn sleep_opt(at: Option<Instant>) -> Sleep {
 /// The background task's state.
 #[derive(Debug)]
 pub(crate) struct Driver {
-    url: String,
+    /// The endpoints: the configured one first, then the fallbacks.
+    urls: Vec<String>,
+    /// Which endpoint the next attempt uses (modulo `urls.len()`).
+    next_url: usize,
     token: String,
     connect_timeout: Duration,
     keepalive: Duration,
@@ -257,8 +260,11 @@ impl Driver {
         commands: mpsc::UnboundedReceiver<Command>,
         events: mpsc::Sender<ClientEvent>,
     ) -> Self {
+        let mut urls = vec![config.url.clone()];
+        urls.extend(config.fallback_urls.iter().cloned());
         Driver {
-            url: config.url.clone(),
+            urls,
+            next_url: 0,
             token: config.token.clone(),
             connect_timeout: config.connect_timeout,
             keepalive: config.keepalive.max(Duration::from_millis(10)),
@@ -708,8 +714,8 @@ impl Driver {
                     () = sleep_opt(deadline), if deadline.is_some() => break,
                 }
             }
-            let (url, token, timeout) =
-                (self.url.clone(), self.token.clone(), self.connect_timeout);
+            let url = self.urls[self.next_url % self.urls.len()].clone();
+            let (token, timeout) = (self.token.clone(), self.connect_timeout);
             let attempt = async move { handshake(&url, &token, timeout).await };
             let result = self.while_offline(attempt).await?;
             match result {
@@ -718,6 +724,8 @@ impl Driver {
                     return Some(connected);
                 }
                 Err(failure) => {
+                    // The next attempt tries the next node.
+                    self.next_url = self.next_url.wrapping_add(1);
                     error = failure.error;
                     after = failure.after;
                 }

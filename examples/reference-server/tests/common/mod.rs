@@ -15,6 +15,8 @@ use messenger_core::{ConversationId, Message, UserId};
 use messenger_socket::client::{Client, ClientConfig, ClientEvent, Events};
 use tokio_tungstenite::tungstenite;
 
+pub mod cluster;
+
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// One reference-server process.
@@ -263,4 +265,22 @@ pub fn assert_same<T: PartialEq + std::fmt::Debug>(got: &[T], expected: &[T]) {
         );
     }
     assert_eq!(got.len(), expected.len(), "same prefix, different lengths");
+}
+
+/// Every entry of `conversation`, page after page.
+pub async fn full_history(client: &Client, conversation: &ConversationId) -> Vec<Arc<Message>> {
+    use messenger_core::Seq;
+    use messenger_socket::client::HistoryRange;
+    let mut all: Vec<Arc<Message>> = Vec::new();
+    loop {
+        let after = all.last().map_or(Seq::ZERO, |message| message.seq);
+        let page = client
+            .history(conversation, HistoryRange::After(after), None)
+            .await
+            .expect("history");
+        if page.messages.is_empty() {
+            return all;
+        }
+        all.extend(page.messages);
+    }
 }
