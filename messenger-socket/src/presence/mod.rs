@@ -1,7 +1,9 @@
 //! The presence registry: which devices of which users are connected, and to which node.
 //!
-//! [`MemoryPresence`] is the single-node registry (always built). A shared backend (Redis,
-//! with node leases) implements the same requests of [`messenger_core::presence`].
+//! [`MemoryPresence`] is the single-node registry (always built). `redis` (feature `redis`)
+//! is the shared registry of a cluster of nodes, on Redis or Redis Cluster with node leases.
+//! Both implement the same requests of [`messenger_core::presence`] and pass the
+//! `conformance` suite (feature `conformance`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::{Ready, ready};
@@ -14,6 +16,9 @@ use messenger_core::presence::{
 };
 use messenger_core::{DeviceId, Error, UserId};
 use tokio::sync::broadcast;
+
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// How many presence changes a slow subscriber may fall behind before it skips ahead.
 pub const FEED_CAPACITY: usize = 4096;
@@ -263,6 +268,7 @@ pub mod conformance {
         lookup_lists_devices_and_nodes(a, b).await;
         changes_reach_every_subscriber(a, b).await;
         live_nodes_are_listed(a, b).await;
+        a_large_group_is_looked_up_at_once(a, b).await;
     }
 
     /// The first device brings a user online, the last one takes them offline, whichever node
@@ -445,6 +451,49 @@ pub mod conformance {
         }
         ok(a.registry, unregister(&phone)).await;
         ok(b.registry, unregister(&laptop)).await;
+    }
+
+    /// One look-up of a large group (members online on either node, offline, asked twice)
+    /// answers exactly the online devices, with their nodes.
+    ///
+    /// # Panics
+    /// When the registry breaks the contract.
+    pub async fn a_large_group_is_looked_up_at_once<S: PresenceService>(
+        a: NodeHandle<'_, S>,
+        b: NodeHandle<'_, S>,
+    ) {
+        const MEMBERS: usize = 300;
+        let members: Vec<UserId> = (0..MEMBERS).map(|_| unique("group")).collect();
+        let mut registered = Vec::new();
+        let mut expected = Vec::new();
+        for (i, member) in members.iter().enumerate() {
+            // Every third member is offline; the others are on node a or b.
+            let node = match i % 3 {
+                0 => continue,
+                1 => a,
+                _ => b,
+            };
+            let connection = 1000 + u64::try_from(i).unwrap_or(u64::MAX);
+            let request = register(member, "phone", node, connection);
+            ok(node.registry, request.clone()).await;
+            expected.push((member.to_string(), node.id.to_string()));
+            registered.push((node, request));
+        }
+        let mut asked = members.clone();
+        asked.extend(members.iter().take(10).cloned());
+        let online = ok(a.registry, LookupPresence { users: asked }).await;
+        let mut found: Vec<(String, String)> = online
+            .iter()
+            .map(|d| (d.user.to_string(), d.node.to_string()))
+            .collect();
+        found.sort();
+        found.dedup();
+        expected.sort();
+        assert_eq!(found.len(), expected.len(), "online members");
+        assert_eq!(found, expected);
+        for (node, request) in &registered {
+            ok(node.registry, unregister(request)).await;
+        }
     }
 }
 
