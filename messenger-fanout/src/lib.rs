@@ -45,7 +45,7 @@
 //! | module | feature | what |
 //! |---|---|---|
 //! | [`local`] | always built | one node: hands events to this process's connections |
-//! | `kafka` | `kafka` (not written yet) | many nodes: one Kafka topic per node |
+//! | `kafka` | `kafka` | many nodes: one Kafka topic per node, plus the Kafka topic of domain events (`kafka::KafkaEventSink`, schema in `docs/events.md`) |
 //!
 //! The `conformance` feature exposes the suite every backend runs (`conformance` module).
 
@@ -58,6 +58,8 @@ use messenger_core::fanout::{Deliver, DeliveryReport};
 pub mod bus;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod local;
 
 /// What a fanout backend implements: one plain async method.
