@@ -486,6 +486,7 @@ async fn kafka(
         .await
         .map_err(|err| format!("cannot start the Kafka fanout on {brokers}: {err}"))?;
     let events = KafkaEventSink::new(brokers, &args.events_topic)
+        .await
         .map_err(|err| format!("cannot start the Kafka event stream on {brokers}: {err}"))?;
     tracing::info!(%brokers, topic = %args.events_topic, "kafka fanout and events");
     Ok((
