@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use messenger_fanout::bus::EventBus;
 use messenger_core::presence::NodeId;
 use messenger_core::sequencer::SeqFloor;
+use messenger_fanout::bus::EventBus;
 use messenger_fanout::{Fanout, local::LocalFanout};
 use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator, JwtAuthenticator};
@@ -90,7 +90,11 @@ struct Args {
     kafka: Option<String>,
 
     /// The Kafka topic of domain events (with `--kafka`).
-    #[arg(long, env = "MESSENGER_EVENTS_TOPIC", default_value = "messenger.events")]
+    #[arg(
+        long,
+        env = "MESSENGER_EVENTS_TOPIC",
+        default_value = "messenger.events"
+    )]
     events_topic: String,
 
     /// The presence lease of this node, in milliseconds (with `--redis`): other nodes treat
@@ -418,8 +422,8 @@ async fn connect_cluster<F: SeqFloor + Clone>(
     let sequencer = match urls.as_slice() {
         [] => return Err("--redis needs at least one URL".into()),
         [url] => {
-            let client = redis::Client::open(url.as_str())
-                .map_err(|err| format!("--redis {url}: {err}"))?;
+            let client =
+                redis::Client::open(url.as_str()).map_err(|err| format!("--redis {url}: {err}"))?;
             let connection = redis::aio::ConnectionManager::new(client)
                 .await
                 .map_err(|err| format!("cannot connect to Redis at {url}: {err}"))?;

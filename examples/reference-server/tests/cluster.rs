@@ -26,7 +26,12 @@ async fn chat_receipts_and_presence_across_three_nodes() {
     let (bob_b, mut bob_b_events) = connect(&cluster[1], &format!("{bob}:phone")).await;
 
     // 1:1 across nodes: both of Alice's devices and Bob's see every message.
-    let direct = alice_a.open_direct(&user(&bob)).await.unwrap().conversation.id;
+    let direct = alice_a
+        .open_direct(&user(&bob))
+        .await
+        .unwrap()
+        .conversation
+        .id;
     alice_a.send_text(&direct, "hi bob").await.unwrap();
     bob_b.send_text(&direct, "hi alice").await.unwrap();
     for events in [&mut alice_a_events, &mut alice_c_events, &mut bob_b_events] {
@@ -135,10 +140,17 @@ async fn concurrent_senders_on_three_nodes_see_one_order() {
         logs.push(messages(events, &id, total).await);
     }
     for log in &logs[1..] {
-        assert_eq!(log, &logs[0], "every device on every node sees the same order");
+        assert_eq!(
+            log, &logs[0],
+            "every device on every node sees the same order"
+        );
     }
     let seqs: Vec<u64> = logs[0].iter().map(|m| m.seq.get()).collect();
-    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
     for index in 0..3 {
         let mine: Vec<String> = logs[0][1..]
             .iter()
@@ -172,7 +184,10 @@ async fn a_killed_node_is_left_and_its_clients_resync_elsewhere() {
         .unwrap()
         .conversation
         .id;
-    bob_client.subscribe_presence(&[user(&alice)]).await.unwrap();
+    bob_client
+        .subscribe_presence(&[user(&alice)])
+        .await
+        .unwrap();
 
     // Bob sends while Alice's node dies under her.
     let sender = {
@@ -232,7 +247,10 @@ async fn a_dead_node_stops_being_routed_to_within_its_lease() {
     let (alice, bob) = (unique("leasealice"), unique("leasebob"));
     let (_alice_client, _alice_events) = connect(&cluster[0], &format!("{alice}:phone")).await;
     let (bob_client, mut bob_events) = connect(&cluster[1], &format!("{bob}:phone")).await;
-    bob_client.subscribe_presence(&[user(&alice)]).await.unwrap();
+    bob_client
+        .subscribe_presence(&[user(&alice)])
+        .await
+        .unwrap();
     assert!(bob_client.last_seen(&[user(&alice)]).await.unwrap()[0].online);
 
     // SIGKILL: no unregister, no lease release. Bob's node must see Alice gone once the

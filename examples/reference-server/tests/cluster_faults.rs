@@ -119,11 +119,16 @@ async fn redis_and_broker_failures_mid_traffic_lose_nothing_acknowledged() {
 
     // Delivery resumes by itself: a message sent now reaches Bob live, and everything before
     // it (what the faults kept from him is filled from the store) comes first, in order.
-    let last = alice_client.send_text(&id, "after the faults").await.unwrap();
+    let last = alice_client
+        .send_text(&id, "after the faults")
+        .await
+        .unwrap();
     let mut received = Vec::new();
     loop {
         let message = bob_events
-            .wait_for_message(Duration::from_secs(30), |message| message.conversation == id)
+            .wait_for_message(Duration::from_secs(30), |message| {
+                message.conversation == id
+            })
             .await
             .expect("delivery resumed after the faults");
         let done = message.seq == last.seq;
@@ -141,7 +146,10 @@ async fn redis_and_broker_failures_mid_traffic_lose_nothing_acknowledged() {
         .map(|m| (m.seq, text_of(m).to_owned()))
         .collect();
     let seqs: Vec<Seq> = log.iter().map(|m| m.seq).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs strictly increase");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs strictly increase"
+    );
     let texts: HashSet<&str> = stored.iter().map(|(_, text)| text.as_str()).collect();
     assert_eq!(texts.len(), stored.len(), "no message stored twice");
     for (seq, text) in &acked {

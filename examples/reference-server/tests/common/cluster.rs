@@ -16,7 +16,11 @@ pub struct ClusterEnv {
 
 /// The services, or `None` after printing which variable is missing.
 pub fn cluster_env(what: &str) -> Option<ClusterEnv> {
-    let get = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+    let get = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+    };
     match (
         get("MESSENGER_TEST_MYSQL_URL"),
         get("MESSENGER_TEST_REDIS_URL"),
