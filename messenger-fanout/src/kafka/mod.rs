@@ -541,6 +541,33 @@ where
         consumer: &StreamConsumer,
         stop: &mut watch::Receiver<bool>,
     ) -> Ended {
+        // The check runs beside the consumer, so a slow metadata answer never holds up
+        // envelopes.
+        let watchdog = self.until_topic_gone();
+        tokio::pin!(watchdog);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return Ended::Stopped,
+                () = &mut watchdog => return Ended::TopicGone,
+                received = consumer.recv() => match received {
+                    Ok(record) => self.receive(record.payload()),
+                    Err(err) => {
+                        bump(&self.counters.consumer_errors, 1);
+                        tracing::debug!(topic = %self.topic, error = %err, "kafka consumer error");
+                        // librdkafka retries by itself; do not spin on a stream of errors.
+                        if pause(MIN_BACKOFF, stop).await {
+                            return Ended::Stopped;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Returns once this node's topic is found missing, checking every
+    /// `topic_check_interval`.
+    async fn until_topic_gone(self: &Arc<Self>) {
         let mut check = tokio::time::interval(
             self.config
                 .topic_check_interval
@@ -549,32 +576,13 @@ where
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
         loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => return Ended::Stopped,
-                received = consumer.recv() => match received {
-                    Ok(record) => self.receive(record.payload()),
-                    Err(err) => {
-                        bump(&self.counters.consumer_errors, 1);
-                        tracing::debug!(topic = %self.topic, error = %err, "kafka consumer error");
-                        if err.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition)
-                            && matches!(self.topic_exists().await, Ok(false))
-                        {
-                            return Ended::TopicGone;
-                        }
-                        // librdkafka retries by itself; do not spin on a stream of errors.
-                        if pause(MIN_BACKOFF, stop).await {
-                            return Ended::Stopped;
-                        }
-                    }
-                },
-                _ = check.tick() => {
-                    match self.topic_exists().await {
-                        Ok(false) => return Ended::TopicGone,
-                        Ok(true) => {}
-                        // The broker is unreachable: nothing to decide until it answers.
-                        Err(err) => tracing::debug!(topic = %self.topic, error = %err, "checking this node's topic failed"),
-                    }
+            check.tick().await;
+            match self.topic_exists().await {
+                Ok(false) => return,
+                Ok(true) => {}
+                // The broker is unreachable: nothing to decide until it answers.
+                Err(err) => {
+                    tracing::debug!(topic = %self.topic, error = %err, "checking this node's topic failed");
                 }
             }
         }
