@@ -76,6 +76,17 @@
 //! node is not in [`ListNodes`], once they have been seen so for
 //! [`dead_topic_grace`](KafkaFanoutConfig::dead_topic_grace).
 //!
+//! # Measured
+//!
+//! `examples/kafka_fanout_bench.rs` (two nodes in one process, tansu 0.6.0 with memory
+//! storage on the same busy 2-core machine, release build, 2026-11-28): 64 concurrent
+//! delivering tasks 19 000 envelopes/s, produce→consume p50 9 ms, p99 22–25 ms; 256 tasks
+//! 74 000 envelopes/s, p50 7 ms, p99 19 ms (each call awaits the broker's acknowledgement,
+//! so throughput grows with calls in flight). One delivery at a time: acknowledgement p50
+//! 1.7 ms, produce→consume p50 7 ms but p99 ~435 ms, because tansu now and then holds a
+//! fetch for ~500 ms (seen with a bare rdkafka consumer too, whatever `fetch.wait.max.ms`);
+//! measure again on the production broker.
+//!
 //! # Brokers
 //!
 //! In production run Apache Kafka, Redpanda or another Kafka-compatible broker, with
