@@ -160,8 +160,20 @@ async fn main() -> Result<(), Failure> {
         clock.sent = vec![None; total + 1];
         clock.received = vec![None; total + 1];
     }
+    // Extra librdkafka settings to try, as `key=value,key=value`.
+    let settings: Vec<(String, String)> = std::env::var("KAFKA_BENCH_SETTINGS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
     let config = |node: &str| {
-        KafkaFanoutConfig::new(&brokers, NodeId::from(node)).with_topic_prefix(&prefix)
+        let mut config =
+            KafkaFanoutConfig::new(&brokers, NodeId::from(node)).with_topic_prefix(&prefix);
+        for (key, value) in &settings {
+            config = config.with_client_setting(key, value);
+        }
+        config
     };
     let a = Fanout::new(KafkaFanout::start(config("bench-a"), Recorder::default(), BobOnB).await?);
     let b = KafkaFanout::start(config("bench-b"), recorder.clone(), BobOnB).await?;
@@ -169,8 +181,10 @@ async fn main() -> Result<(), Failure> {
     let bob: Arc<[UserId]> = Arc::from([UserId::new("bob")?]);
 
     // Phase 1: one at a time.
+    let mut acks = Vec::with_capacity(sequential);
     for seq in 1..=sequential {
-        recorder.clock().sent[seq] = Some(Instant::now());
+        let sent = Instant::now();
+        recorder.clock().sent[seq] = Some(sent);
         call(
             &a,
             Deliver {
@@ -179,7 +193,9 @@ async fn main() -> Result<(), Failure> {
             },
         )
         .await?;
+        acks.push(sent.elapsed());
     }
+    acks.sort();
     wait_for(&recorder, sequential).await?;
     let lone = latencies(&recorder, 1..sequential + 1);
 
@@ -226,10 +242,14 @@ async fn main() -> Result<(), Failure> {
         !cfg!(debug_assertions)
     );
     println!(
-        "one at a time: {sequential} envelopes, produce->consume p50 {:?} p99 {:?} max {:?}",
+        "one at a time: {sequential} envelopes, produce->consume p50 {:?} p90 {:?} p99 {:?} max {:?}; \
+         deliver call (broker ack) p50 {:?} p99 {:?}",
         percentile(&lone, 0.5),
+        percentile(&lone, 0.9),
         percentile(&lone, 0.99),
-        lone.last().copied().unwrap_or_default()
+        lone.last().copied().unwrap_or_default(),
+        percentile(&acks, 0.5),
+        percentile(&acks, 0.99),
     );
     println!(
         "{tasks} tasks x {per_task}: {} envelopes in {:.2?} ({:.0} envelopes/s consumed; all acknowledged after {:.2?}), \

@@ -76,6 +76,17 @@
 //! node is not in [`ListNodes`], once they have been seen so for
 //! [`dead_topic_grace`](KafkaFanoutConfig::dead_topic_grace).
 //!
+//! # Measured
+//!
+//! `examples/kafka_fanout_bench.rs` (two nodes in one process, tansu 0.6.0 with memory
+//! storage on the same busy 2-core machine, release build, 2026-11-28): 64 concurrent
+//! delivering tasks 19 000 envelopes/s, produce→consume p50 9 ms, p99 22–25 ms; 256 tasks
+//! 74 000 envelopes/s, p50 7 ms, p99 19 ms (each call awaits the broker's acknowledgement,
+//! so throughput grows with calls in flight). One delivery at a time: acknowledgement p50
+//! 1.7 ms, produce→consume p50 7 ms but p99 ~435 ms, because tansu now and then holds a
+//! fetch for ~500 ms (seen with a bare rdkafka consumer too, whatever `fetch.wait.max.ms`);
+//! measure again on the production broker.
+//!
 //! # Brokers
 //!
 //! In production run Apache Kafka, Redpanda or another Kafka-compatible broker, with
@@ -541,6 +552,33 @@ where
         consumer: &StreamConsumer,
         stop: &mut watch::Receiver<bool>,
     ) -> Ended {
+        // The check runs beside the consumer, so a slow metadata answer never holds up
+        // envelopes.
+        let watchdog = self.until_topic_gone();
+        tokio::pin!(watchdog);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return Ended::Stopped,
+                () = &mut watchdog => return Ended::TopicGone,
+                received = consumer.recv() => match received {
+                    Ok(record) => self.receive(record.payload()),
+                    Err(err) => {
+                        bump(&self.counters.consumer_errors, 1);
+                        tracing::debug!(topic = %self.topic, error = %err, "kafka consumer error");
+                        // librdkafka retries by itself; do not spin on a stream of errors.
+                        if pause(MIN_BACKOFF, stop).await {
+                            return Ended::Stopped;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Returns once this node's topic is found missing, checking every
+    /// `topic_check_interval`.
+    async fn until_topic_gone(self: &Arc<Self>) {
         let mut check = tokio::time::interval(
             self.config
                 .topic_check_interval
@@ -549,32 +587,13 @@ where
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
         loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => return Ended::Stopped,
-                received = consumer.recv() => match received {
-                    Ok(record) => self.receive(record.payload()),
-                    Err(err) => {
-                        bump(&self.counters.consumer_errors, 1);
-                        tracing::debug!(topic = %self.topic, error = %err, "kafka consumer error");
-                        if err.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition)
-                            && matches!(self.topic_exists().await, Ok(false))
-                        {
-                            return Ended::TopicGone;
-                        }
-                        // librdkafka retries by itself; do not spin on a stream of errors.
-                        if pause(MIN_BACKOFF, stop).await {
-                            return Ended::Stopped;
-                        }
-                    }
-                },
-                _ = check.tick() => {
-                    match self.topic_exists().await {
-                        Ok(false) => return Ended::TopicGone,
-                        Ok(true) => {}
-                        // The broker is unreachable: nothing to decide until it answers.
-                        Err(err) => tracing::debug!(topic = %self.topic, error = %err, "checking this node's topic failed"),
-                    }
+            check.tick().await;
+            match self.topic_exists().await {
+                Ok(false) => return,
+                Ok(true) => {}
+                // The broker is unreachable: nothing to decide until it answers.
+                Err(err) => {
+                    tracing::debug!(topic = %self.topic, error = %err, "checking this node's topic failed");
                 }
             }
         }
