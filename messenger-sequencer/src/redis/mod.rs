@@ -90,6 +90,7 @@
 //! The process keeps a few dozen bytes of state per conversation seen since start (like the
 //! memory backend, with no eviction yet). Redis keeps two small keys per conversation, no TTL.
 
+mod batch;
 mod config;
 mod error;
 
@@ -97,17 +98,19 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use ::redis::Script;
 use ::redis::aio::{ConnectionLike, ConnectionManager};
+use ::redis::{Script, ScriptInvocation};
 #[cfg(doc)]
 use messenger_core::ErrorKind;
 use messenger_core::sequencer::{FenceSeq, NextSeq, SeqFloor};
 use messenger_core::{ConversationId, Error, Seq};
 use tokio::sync::Notify;
 
+pub use batch::BatchStats;
+use batch::{BatchError, Batcher};
 pub use config::RedisSequencerConfig;
 use error::RedisSequencerError;
 
@@ -167,6 +170,11 @@ pub struct RedisSequencer<F, C = ConnectionManager> {
     increment_existing: Script,
     raise_then_increment: Script,
     fence: Script,
+    max_batch: usize,
+    pipelines_in_flight: usize,
+    /// The batching task, started on first use (inside the caller's runtime); `None` when
+    /// batching is off or there was no tokio runtime.
+    batcher: OnceLock<Option<Batcher>>,
 }
 
 /// A part of the per-conversation state under one lock.
@@ -252,6 +260,9 @@ where
             increment_existing: Script::new(INCREMENT_EXISTING),
             raise_then_increment: Script::new(RAISE_THEN_INCREMENT),
             fence: Script::new(FENCE),
+            max_batch: config.max_batch,
+            pipelines_in_flight: config.pipelines_in_flight.max(1),
+            batcher: OnceLock::new(),
         }
     }
 
@@ -309,15 +320,7 @@ where
                 // before ours, so ours must be above it unless the counter went backwards.
                 let highest = state.highest.load(Ordering::Acquire);
                 let in_flight = InFlight::new(&state);
-                let seq = self
-                    .eval(
-                        &self.increment_existing,
-                        &key,
-                        &[],
-                        "increment",
-                        conversation,
-                    )
-                    .await?;
+                let seq = self.increment_existing(&key, conversation).await?;
                 if seq > highest {
                     state.highest.fetch_max(seq, Ordering::AcqRel);
                     return Ok(Seq(seq));
@@ -417,21 +420,103 @@ where
         at_least: u64,
         create: bool,
     ) -> Result<u64, Error> {
-        let mut connection = self.connection.clone();
-        let epoch: i64 = self
-            .fence
-            .key(self.counter_key(conversation))
+        let mut invocation = self.fence.key(self.counter_key(conversation));
+        invocation
             .key(self.epoch_key(conversation))
             .arg(at_least)
-            .arg(if create { "1" } else { "0" })
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|source| RedisSequencerError::Command {
-                operation: "fence",
-                conversation: conversation.clone(),
-                source,
-            })?;
+            .arg(if create { "1" } else { "0" });
+        let epoch =
+            self.invoke(&invocation)
+                .await
+                .map_err(|source| RedisSequencerError::Command {
+                    operation: "fence",
+                    conversation: conversation.clone(),
+                    source,
+                })?;
         non_negative(epoch, "fence", conversation)
+    }
+
+    /// How many pipelines the batching task sent and how many allocations they carried
+    /// (all zero while batching is off or before the first allocation). Allocations sent
+    /// alone (floor reads, fences, a request a batch could not run) are not counted.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batcher
+            .get()
+            .and_then(Option::as_ref)
+            .map(Batcher::stats)
+            .unwrap_or_default()
+    }
+
+    /// The batching task, started on first use.
+    fn batcher(&self) -> Option<&Batcher> {
+        self.batcher
+            .get_or_init(|| {
+                (self.max_batch > 1).then(|| {
+                    Batcher::spawn(
+                        self.connection.clone(),
+                        self.increment_existing.get_hash(),
+                        self.max_batch,
+                        self.pipelines_in_flight,
+                    )
+                })?
+            })
+            .as_ref()
+    }
+
+    /// The fast path: increments the counter if it exists (0 when it does not), through the
+    /// batching task when there is one. A request the batch could not run (an unknown script
+    /// after a restart, a slot that moved) is sent alone.
+    async fn increment_existing(
+        &self,
+        key: &str,
+        conversation: &ConversationId,
+    ) -> Result<u64, Error> {
+        const OPERATION: &str = "increment";
+        if let Some(batcher) = self.batcher() {
+            match batcher.increment(key.to_owned()).await {
+                Ok(value) => return non_negative(value, OPERATION, conversation),
+                Err(BatchError::NotSent) => {}
+                Err(BatchError::Failed(source)) => {
+                    return Err(RedisSequencerError::Pipeline {
+                        operation: OPERATION,
+                        conversation: conversation.clone(),
+                        source,
+                    }
+                    .into());
+                }
+                Err(BatchError::Lost) => {
+                    return Err(RedisSequencerError::BatcherGone {
+                        operation: OPERATION,
+                        conversation: conversation.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
+        self.eval(&self.increment_existing, key, &[], OPERATION, conversation)
+            .await
+    }
+
+    /// Runs a script that answers an integer. The client loads a script the server does not
+    /// know and runs it again; when the server forgets it again in between (a `SCRIPT FLUSH`,
+    /// a failover racing with the load), the whole thing is tried a few more times. A script
+    /// answered `NOSCRIPT` did not run, so nothing is burned.
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> ::redis::RedisResult<i64> {
+        const ATTEMPTS: usize = 5;
+        let mut connection = self.connection.clone();
+        let mut attempt = 1;
+        loop {
+            match invocation.invoke_async(&mut connection).await {
+                Err(err)
+                    if attempt < ATTEMPTS
+                        && err.kind()
+                            == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Runs a one-key counter script that answers a non-negative integer.
@@ -443,19 +528,18 @@ where
         operation: &'static str,
         conversation: &ConversationId,
     ) -> Result<u64, Error> {
-        let mut connection = self.connection.clone();
         let mut invocation = script.key(key);
         for arg in args {
             invocation.arg(*arg);
         }
-        let value: i64 = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|source| RedisSequencerError::Command {
-                operation,
-                conversation: conversation.clone(),
-                source,
-            })?;
+        let value =
+            self.invoke(&invocation)
+                .await
+                .map_err(|source| RedisSequencerError::Command {
+                    operation,
+                    conversation: conversation.clone(),
+                    source,
+                })?;
         non_negative(value, operation, conversation)
     }
 }
@@ -500,6 +584,8 @@ impl<F, C> fmt::Debug for RedisSequencer<F, C> {
             .field("connection", &std::any::type_name::<C>())
             .field("prefix", &self.prefix)
             .field("shards", &self.shards.len())
+            .field("max_batch", &self.max_batch)
+            .field("pipelines_in_flight", &self.pipelines_in_flight)
             .finish_non_exhaustive()
     }
 }
