@@ -300,6 +300,15 @@ where
         Seq(102),
         "a lower fence does not move it"
     );
+    let err = fence(1 << 52)
+        .await
+        .expect_err("a fence beyond the largest seq");
+    assert_eq!(err.kind(), messenger_core::ErrorKind::InvalidRequest);
+    assert_eq!(
+        next(&sequencer, &chat).await,
+        Seq(103),
+        "a refused fence changes nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

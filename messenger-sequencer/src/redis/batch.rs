@@ -3,16 +3,16 @@
 //!
 //! Callers queue a counter key with a oneshot for the answer. The task waits for a free
 //! pipeline slot (at most `pipelines_in_flight` are out at once), then takes whatever is
-//! queued, up to `max_batch`, and sends it as one pipeline of `EVALSHA`s. There is no timer:
-//! a lone caller's request leaves at once; under load the batch is what accumulated while the
+//! queued, up to `max_batch`, and sends it as one pipeline of `INCR`s. There is no timer: a
+//! lone caller's request leaves at once; under load the batch is what accumulated while the
 //! earlier pipelines were in flight.
 //!
 //! On Redis Cluster a pipeline must go to one node: the batch is split by node, from a slot
 //! map this task reads with `CLUSTER SLOTS` (and reads again when a reply says a slot moved),
 //! and each part is routed to the node of its first slot. A command that landed on the wrong
-//! node anyway answers `MOVED`/`ASK` without running; so does a script the server does not
-//! know (`NOSCRIPT`, after a restart). Such requests come back as [`BatchError::NotSent`] and
-//! the caller sends them alone, through the client's own redirect and script-loading logic.
+//! node anyway answers `MOVED`/`ASK` without running (so does one answered `TRYAGAIN`). Such
+//! requests come back as [`BatchError::NotSent`] and the caller sends them alone, through the
+//! client's own redirect logic.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ use ::redis::{ErrorKind, Pipeline, RedisError, RedisResult, ServerErrorKind, Val
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// The number of hash slots of Redis Cluster.
-const SLOTS: usize = 16_384;
+const SLOT_COUNT: u16 = 16_384;
 
 /// What a queued increment answers.
 pub(super) type Reply = Result<i64, BatchError>;
@@ -46,7 +46,7 @@ pub(super) enum BatchError {
 
 /// One queued increment.
 struct Pending {
-    key: String,
+    key: Arc<str>,
     slot: u16,
     reply: oneshot::Sender<Reply>,
 }
@@ -90,7 +90,6 @@ impl Batcher {
     /// Starts the batching task on the current tokio runtime; `None` outside of one.
     pub(super) fn spawn<C>(
         connection: C,
-        script_hash: &str,
         max_batch: usize,
         pipelines_in_flight: usize,
     ) -> Option<Self>
@@ -113,7 +112,6 @@ impl Batcher {
         let task = Task {
             target,
             counters: Arc::clone(&counters),
-            script_hash: Arc::from(script_hash),
             max_batch,
             permits: Arc::new(Semaphore::new(pipelines_in_flight)),
         };
@@ -130,14 +128,10 @@ impl Batcher {
         }
     }
 
-    /// Queues one increment of the counter `key` and waits for its answer.
-    pub(super) async fn increment(&self, key: String) -> Reply {
+    /// Queues one `INCR` of the counter `key` (in hash slot `slot`) and waits for its answer.
+    pub(super) async fn increment(&self, key: Arc<str>, slot: u16) -> Reply {
         let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            slot: slot_of(key.as_bytes()),
-            key,
-            reply,
-        };
+        let pending = Pending { key, slot, reply };
         if self.sender.send(pending).await.is_err() {
             return Err(BatchError::NotSent);
         }
@@ -162,7 +156,6 @@ enum Target<C> {
 struct Task<C> {
     target: Target<C>,
     counters: Arc<Counters>,
-    script_hash: Arc<str>,
     max_batch: usize,
     permits: Arc<Semaphore>,
 }
@@ -194,14 +187,13 @@ where
     /// Sends `batch` in the background (one pipeline per node); `permit` is released when
     /// every part answered.
     async fn send(&mut self, batch: Vec<Pending>, permit: OwnedSemaphorePermit) {
-        let script_hash = Arc::clone(&self.script_hash);
         match &mut self.target {
             Target::Single(connection) => {
                 self.counters.record(batch.len());
                 let counters = Arc::clone(&self.counters);
                 let mut connection = connection.clone();
                 tokio::spawn(async move {
-                    let pipeline = pipeline_of(&script_hash, &batch);
+                    let pipeline = pipeline_of(&batch);
                     let result = connection
                         .req_packed_commands(&pipeline, 0, batch.len())
                         .await;
@@ -231,12 +223,11 @@ where
                 for part in parts.into_values() {
                     self.counters.record(part.len());
                     let mut connection = connection.clone();
-                    let script_hash = Arc::clone(&script_hash);
                     let stale = Arc::clone(stale);
                     let permit = Arc::clone(&permit);
                     let counters = Arc::clone(&self.counters);
                     tokio::spawn(async move {
-                        let pipeline = pipeline_of(&script_hash, &part);
+                        let pipeline = pipeline_of(&part);
                         let route = SingleNodeRoutingInfo::SpecificNode(Route::new(
                             part[0].slot,
                             SlotAddr::Master,
@@ -255,15 +246,11 @@ where
     }
 }
 
-/// One `EVALSHA <hash> 1 <key>` per pending increment.
-fn pipeline_of(script_hash: &str, batch: &[Pending]) -> Pipeline {
+/// One `INCR <key>` per pending increment.
+fn pipeline_of(batch: &[Pending]) -> Pipeline {
     let mut pipeline = Pipeline::with_capacity(batch.len());
     for pending in batch {
-        pipeline
-            .cmd("EVALSHA")
-            .arg(script_hash)
-            .arg(1)
-            .arg(&pending.key);
+        pipeline.cmd("INCR").arg(&*pending.key);
     }
     pipeline
 }
@@ -289,7 +276,7 @@ fn answer(batch: Vec<Pending>, result: RedisResult<Vec<Value>>, counters: &Count
                     },
                     other => Err(BatchError::Failed(Arc::new(RedisError::from((
                         ErrorKind::UnexpectedReturnType,
-                        "the increment script answered a non-integer",
+                        "INCR answered a non-integer",
                         format!("{other:?}"),
                     ))))),
                 };
@@ -343,7 +330,7 @@ fn slot_map_of(reply: Value) -> Option<Vec<u16>> {
     };
     let mut nodes: HashMap<(Vec<u8>, i64), u16> = HashMap::new();
     let unassigned = u16::MAX;
-    let mut map = vec![unassigned; SLOTS];
+    let mut map = vec![unassigned; usize::from(SLOT_COUNT)];
     for range in ranges {
         let Value::Array(range) = range else {
             return None;
@@ -380,8 +367,7 @@ pub(super) fn slot_of(key: &[u8]) -> u16 {
         let close = rest.iter().position(|&byte| byte == b'}')?;
         (close > 0).then(|| &rest[..close])
     });
-    // The modulo keeps the value below 16384, which fits in u16.
-    (crc16(tagged.unwrap_or(key)) % SLOTS as u16) as u16
+    crc16(tagged.unwrap_or(key)) % SLOT_COUNT
 }
 
 /// CRC16-CCITT (XMODEM), the checksum Redis Cluster hashes keys with.
@@ -449,12 +435,12 @@ mod tests {
         let (ok_reply, ok) = oneshot::channel();
         let batch = vec![
             Pending {
-                key: "a".into(),
+                key: Arc::from("a"),
                 slot: 0,
                 reply: moved_reply,
             },
             Pending {
-                key: "b".into(),
+                key: Arc::from("b"),
                 slot: 0,
                 reply: ok_reply,
             },

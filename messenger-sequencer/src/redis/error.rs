@@ -32,6 +32,14 @@ pub(super) enum RedisSequencerError {
         operation: &'static str,
         conversation: ConversationId,
     },
+    /// A seq beyond the largest this backend hands out (2^52 - 1).
+    #[error(
+        "seq {seq} of {conversation} is beyond 2^52 - 2, the largest the Redis sequencer raises to"
+    )]
+    SeqTooLarge {
+        conversation: ConversationId,
+        seq: u64,
+    },
     /// A script answered something it never answers.
     #[error("redis {operation} of {conversation} answered {value}, which it never answers")]
     UnexpectedReply {
@@ -47,6 +55,7 @@ impl RedisSequencerError {
             Self::Command { source, .. } => kind_of(source),
             Self::Pipeline { source, .. } => kind_of(source),
             Self::BatcherGone { .. } => ErrorKind::Unavailable,
+            Self::SeqTooLarge { .. } => ErrorKind::InvalidRequest,
             Self::UnexpectedReply { .. } => ErrorKind::Unexpected,
         }
     }
