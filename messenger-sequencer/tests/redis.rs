@@ -300,6 +300,15 @@ where
         Seq(102),
         "a lower fence does not move it"
     );
+    let err = fence(1 << 52)
+        .await
+        .expect_err("a fence beyond the largest seq");
+    assert_eq!(err.kind(), messenger_core::ErrorKind::InvalidRequest);
+    assert_eq!(
+        next(&sequencer, &chat).await,
+        Seq(103),
+        "a refused fence changes nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,5 +364,97 @@ async fn standalone_notices_a_counter_going_backwards() {
 async fn cluster_notices_a_counter_going_backwards() {
     if let Some(connection) = cluster().await {
         backward_counter(connection).await;
+    }
+}
+
+/// Many tasks allocating over many conversations at once: the allocations leave together in
+/// shared pipelines (on a cluster, one per node per batch), and every conversation still
+/// gets exactly 1..=n, each task's seqs of a conversation increasing.
+async fn concurrent_allocations_share_pipelines<C>(connection: C)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    const TASKS: usize = 64;
+    const PER_TASK: usize = 100;
+    const CONVERSATIONS: usize = 200;
+    // One pipeline in flight at a time: whatever queues behind it leaves as one batch.
+    let sequencer = Sequencer::new(RedisSequencer::with_config(
+        connection,
+        NoFloor,
+        config().with_pipelines_in_flight(1),
+    ));
+    let chats: Vec<_> = (0..CONVERSATIONS)
+        .map(|_| unique_conversation("redis-batch"))
+        .collect();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let sequencer = sequencer.clone();
+            let chats = chats.clone();
+            tokio::spawn(async move {
+                let mut seen = vec![Vec::new(); chats.len()];
+                for n in 0..PER_TASK {
+                    let index = (task * 7 + n) % chats.len();
+                    seen[index].push(next(&sequencer, &chats[index]).await);
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut all = vec![BTreeSet::new(); CONVERSATIONS];
+    for task in tasks {
+        for (index, seen) in task
+            .await
+            .expect("an allocating task panicked")
+            .into_iter()
+            .enumerate()
+        {
+            assert!(
+                seen.windows(2).all(|pair| pair[0] < pair[1]),
+                "one task's allocations of a conversation must increase"
+            );
+            for seq in seen {
+                assert!(all[index].insert(seq), "{seq} was handed out twice");
+            }
+        }
+    }
+    for (index, seqs) in all.iter().enumerate() {
+        let expected: BTreeSet<Seq> = (1..=seqs.len() as u64).map(Seq).collect();
+        assert_eq!(seqs, &expected, "conversation {index} has a gap");
+    }
+    let stats = sequencer.backend().batch_stats();
+    assert!(
+        stats.pipelines > 0,
+        "no allocation went through the batching task"
+    );
+    assert!(
+        stats.requests > stats.pipelines,
+        "concurrent allocations never shared a pipeline: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_batches_concurrent_allocations() {
+    if let Some(connection) = standalone().await {
+        concurrent_allocations_share_pipelines(connection).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_batches_concurrent_allocations_per_node() {
+    if let Some(connection) = cluster().await {
+        concurrent_allocations_share_pipelines(connection).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_passes_the_conformance_suite_unbatched() {
+    if let Some(connection) = standalone().await {
+        let unbatched = config().with_max_batch(1);
+        conformance::run(&Sequencer::new(RedisSequencer::with_config(
+            connection,
+            NoFloor,
+            unbatched.clone(),
+        )))
+        .await;
     }
 }

@@ -10,6 +10,15 @@
 //! SECONDS: `ReadRange` pages of 50 entries at spread-out cursors over the conversations just
 //! written; pages/s and p50/p99 per page are printed.
 //!
+//! Then, in the same run, the engine's own ceiling (benchmark scenario 6): raw `rusqlite` on a
+//! fresh file with the store's settings (WAL, `synchronous=FULL`) and the same table shape
+//! (`messages` without rowid, keyed by conversation and seq, with the unique
+//! `client_msg_id` index, and the `heads` table), inserting as many rows as the 64-writer group
+//! commit run appended, in one transaction, with one prepared statement, one fsync at the
+//! end. Printed twice: the bare `INSERT`, and the same three statements an append runs (the
+//! idempotency look-up, the `INSERT`, the head upsert). The ratio of group commit to them is
+//! what our committer, channels and async callers cost.
+//!
 //! Built with `--features mysql` and with `MESSENGER_TEST_MYSQL_URL` set (see
 //! `scripts/mariadb.sh`), it also runs 64 writers and 1 writer on that MySQL/MariaDB database
 //! (fresh conversations each run) and prints their ratio to embedded group commit.
@@ -257,6 +266,112 @@ mod mysql {
     }
 }
 
+/// The store's table shape (schema migration 1 of `messages` and `heads`), for the ceiling.
+const CEILING_SCHEMA: &str = "
+    CREATE TABLE messages (
+        conversation  TEXT    NOT NULL,
+        seq           INTEGER NOT NULL,
+        sender        TEXT    NOT NULL,
+        sender_device TEXT    NOT NULL,
+        client_msg_id TEXT    NOT NULL,
+        sent_at       INTEGER NOT NULL,
+        body          TEXT    NOT NULL,
+        PRIMARY KEY (conversation, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX messages_by_client_msg_id
+        ON messages (conversation, sender, client_msg_id);
+    CREATE TABLE heads (
+        conversation TEXT    NOT NULL PRIMARY KEY,
+        head         INTEGER NOT NULL
+    ) WITHOUT ROWID;
+";
+
+/// The engine's batched-insert ceiling: `rows` rows over 64 conversations in transactions of
+/// `per_transaction` rows with prepared statements, WAL and `synchronous=FULL`, timed from the
+/// first `BEGIN` to the end of the last durable `COMMIT`; p50/p99 are per transaction. With
+/// `as_append`, each row also runs the look-up and head upsert an append runs.
+fn ceiling(
+    name: &str,
+    rows: u64,
+    per_transaction: u64,
+    as_append: bool,
+) -> Result<Figures, Box<dyn std::error::Error>> {
+    const CONVERSATIONS: u64 = 64;
+    let dir = tempfile::tempdir()?;
+    let mut conn = rusqlite::Connection::open(dir.path().join("ceiling.db"))?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!("journal_mode is {mode}, not WAL").into());
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(CEILING_SCHEMA)?;
+    let body = serde_json::to_string(&Body::Text {
+        text: "x".repeat(200),
+    })?;
+    let senders: Vec<String> = (0..CONVERSATIONS).map(|n| format!("user{n}")).collect();
+    let conversations: Vec<String> = (0..CONVERSATIONS)
+        .map(|n| format!("g:ceiling-{n}"))
+        .collect();
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let mut row = 0;
+    while row < rows {
+        let begun = Instant::now();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO messages \
+             (conversation, seq, sender, sender_device, client_msg_id, sent_at, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (conversation, seq) DO NOTHING",
+            )?;
+            let mut look_up = tx.prepare(
+                "SELECT seq FROM messages \
+             WHERE conversation = ?1 AND sender = ?2 AND client_msg_id = ?3",
+            )?;
+            let mut raise_head = tx.prepare(
+                "INSERT INTO heads (conversation, head) VALUES (?1, ?2) \
+             ON CONFLICT (conversation) DO UPDATE SET head = max(head, excluded.head)",
+            )?;
+            let end = (row + per_transaction).min(rows);
+            for row in row..end {
+                let index = (row % CONVERSATIONS) as usize;
+                let seq = (row / CONVERSATIONS + 1) as i64;
+                let client_msg_id = format!("m{seq}");
+                if as_append {
+                    let mut found = look_up.query(rusqlite::params![
+                        conversations[index],
+                        senders[index],
+                        client_msg_id
+                    ])?;
+                    if found.next()?.is_some() {
+                        return Err("a fresh database already holds the message".into());
+                    }
+                }
+                insert.execute(rusqlite::params![
+                    conversations[index],
+                    seq,
+                    senders[index],
+                    "device",
+                    client_msg_id,
+                    Timestamp::now().as_millis() as i64,
+                    body,
+                ])?;
+                if as_append {
+                    raise_head.execute(rusqlite::params![conversations[index], seq])?;
+                }
+            }
+        }
+        tx.commit()?;
+        latencies.push(begun.elapsed());
+        row = (row + per_transaction).min(rows);
+    }
+    let mut figures = figures(name, latencies, started.elapsed());
+    figures.msgs_per_sec = rows as f64 / started.elapsed().as_secs_f64();
+    Ok(figures)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds = std::env::args()
@@ -285,6 +400,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "group commit / 1 writer: {:.1}x",
             group.msgs_per_sec / single_writer.msgs_per_sec
+        );
+        // Scenario 6: the engine's own batched-insert ceiling, as many rows as group commit
+        // appended; the latency columns are per transaction, commit included.
+        let rows = ((group.msgs_per_sec * seconds as f64) as u64).max(10_000);
+        println!("engine ceiling: raw rusqlite, {rows} rows, WAL, synchronous=FULL");
+        let bare = ceiling("  INSERT only, one transaction", rows, rows, false)?;
+        print_figures(&bare);
+        let as_append = ceiling(
+            "  an append's statements, one transaction",
+            rows,
+            rows,
+            true,
+        )?;
+        print_figures(&as_append);
+        // 64 writers keep at most 64 appends pending: no committer can put more in one fsync.
+        let per_64 = ceiling(
+            "  an append's statements, 64 per transaction",
+            rows,
+            64,
+            true,
+        )?;
+        print_figures(&per_64);
+        println!(
+            "group commit / engine ceiling (INSERT only, one transaction): {:.3}",
+            group.msgs_per_sec / bare.msgs_per_sec
+        );
+        println!(
+            "group commit / engine ceiling (an append's statements, one transaction): {:.3}",
+            group.msgs_per_sec / as_append.msgs_per_sec
+        );
+        println!(
+            "group commit / engine at the same batch size (64 per transaction): {:.2}",
+            group.msgs_per_sec / per_64.msgs_per_sec
         );
     }
     Ok(())

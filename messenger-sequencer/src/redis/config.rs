@@ -19,6 +19,20 @@ pub struct RedisSequencerConfig {
     ///
     /// Default: 64.
     pub shards: usize,
+    /// The most fast-path allocations one pipeline carries. Concurrent allocations (of any
+    /// conversations) are gathered by a batching task and sent as one pipeline of `INCR`s;
+    /// a batch is whatever accumulated while earlier pipelines were in flight, never a timer,
+    /// so a lone caller waits for nothing. 0 or 1 turns batching off: every allocation is then
+    /// its own `INCR` on the caller's connection.
+    ///
+    /// Default: 256.
+    pub max_batch: usize,
+    /// How many pipelines may be in flight at once (per sequencer, across all nodes of a
+    /// cluster). While they all are, new allocations queue and leave together in the next
+    /// pipeline. Values below 1 count as 1.
+    ///
+    /// Default: 2.
+    pub pipelines_in_flight: usize,
 }
 
 impl RedisSequencerConfig {
@@ -26,6 +40,10 @@ impl RedisSequencerConfig {
     pub const DEFAULT_KEY_PREFIX: &'static str = "messenger";
     /// The default number of shards.
     pub const DEFAULT_SHARDS: usize = 64;
+    /// The default [`max_batch`](Self::max_batch).
+    pub const DEFAULT_MAX_BATCH: usize = 256;
+    /// The default [`pipelines_in_flight`](Self::pipelines_in_flight).
+    pub const DEFAULT_PIPELINES_IN_FLIGHT: usize = 2;
 
     /// Sets [`key_prefix`](Self::key_prefix).
     #[must_use]
@@ -40,6 +58,20 @@ impl RedisSequencerConfig {
         self.shards = shards;
         self
     }
+
+    /// Sets [`max_batch`](Self::max_batch); 0 or 1 turns batching off.
+    #[must_use]
+    pub fn with_max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch;
+        self
+    }
+
+    /// Sets [`pipelines_in_flight`](Self::pipelines_in_flight).
+    #[must_use]
+    pub fn with_pipelines_in_flight(mut self, pipelines_in_flight: usize) -> Self {
+        self.pipelines_in_flight = pipelines_in_flight;
+        self
+    }
 }
 
 impl Default for RedisSequencerConfig {
@@ -47,6 +79,8 @@ impl Default for RedisSequencerConfig {
         Self {
             key_prefix: Self::DEFAULT_KEY_PREFIX.to_owned(),
             shards: Self::DEFAULT_SHARDS,
+            max_batch: Self::DEFAULT_MAX_BATCH,
+            pipelines_in_flight: Self::DEFAULT_PIPELINES_IN_FLIGHT,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The Redis sequencer's private errors and their conversion to [`messenger_core::Error`].
 
+use std::sync::Arc;
+
 use ::redis::RetryMethod;
 use messenger_core::{ConversationId, Error, ErrorKind};
 
@@ -16,6 +18,28 @@ pub(super) enum RedisSequencerError {
         #[source]
         source: ::redis::RedisError,
     },
+    /// The pipeline carrying the command failed, or the command failed inside it.
+    #[error("redis {operation} of {conversation} failed in a pipeline")]
+    Pipeline {
+        operation: &'static str,
+        conversation: ConversationId,
+        #[source]
+        source: Arc<::redis::RedisError>,
+    },
+    /// The batching task stopped with the request on board (its runtime shut down).
+    #[error("redis {operation} of {conversation} was lost: the batching task stopped")]
+    BatcherGone {
+        operation: &'static str,
+        conversation: ConversationId,
+    },
+    /// A seq beyond the largest this backend hands out (2^52 - 1).
+    #[error(
+        "seq {seq} of {conversation} is beyond 2^52 - 2, the largest the Redis sequencer raises to"
+    )]
+    SeqTooLarge {
+        conversation: ConversationId,
+        seq: u64,
+    },
     /// A script answered something it never answers.
     #[error("redis {operation} of {conversation} answered {value}, which it never answers")]
     UnexpectedReply {
@@ -28,21 +52,31 @@ pub(super) enum RedisSequencerError {
 impl RedisSequencerError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::Command { source, .. } if source.is_timeout() => ErrorKind::Timeout,
-            // Connection refused or dropped, I/O, cluster down or moving, loading, ...:
-            // everything the client itself would retry is temporary.
-            Self::Command { source, .. } => match source.retry_method() {
-                RetryMethod::NoRetry => {
-                    if source.is_io_error() || source.is_connection_dropped() {
-                        ErrorKind::Unavailable
-                    } else {
-                        ErrorKind::Unexpected
-                    }
-                }
-                _ => ErrorKind::Unavailable,
-            },
+            Self::Command { source, .. } => kind_of(source),
+            Self::Pipeline { source, .. } => kind_of(source),
+            Self::BatcherGone { .. } => ErrorKind::Unavailable,
+            Self::SeqTooLarge { .. } => ErrorKind::InvalidRequest,
             Self::UnexpectedReply { .. } => ErrorKind::Unexpected,
         }
+    }
+}
+
+/// The kind of a Redis client error.
+fn kind_of(source: &::redis::RedisError) -> ErrorKind {
+    if source.is_timeout() {
+        return ErrorKind::Timeout;
+    }
+    // Connection refused or dropped, I/O, cluster down or moving, loading, ...: everything the
+    // client itself would retry is temporary.
+    match source.retry_method() {
+        RetryMethod::NoRetry => {
+            if source.is_io_error() || source.is_connection_dropped() {
+                ErrorKind::Unavailable
+            } else {
+                ErrorKind::Unexpected
+            }
+        }
+        _ => ErrorKind::Unavailable,
     }
 }
 
@@ -79,6 +113,18 @@ mod tests {
             assert!(err.is_temporary());
             assert_eq!(err.backend(), Some("redis"));
         }
+    }
+
+    #[test]
+    fn pipeline_errors_map_like_command_errors() {
+        let err: Error = RedisSequencerError::Pipeline {
+            operation: "increment",
+            conversation: ConversationId::new("g:a").unwrap(),
+            source: Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into()),
+        }
+        .into();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.is_temporary());
     }
 
     #[test]

@@ -32,35 +32,44 @@
 //! `redis::cluster_async::ClusterConnection` (`RedisSequencer<F, ClusterConnection>`), which
 //! follows slot moves and failovers itself.
 //!
-//! # Pipelining
+//! # Batching
 //!
-//! Allocations are not batched by this type: each one is a single `EVALSHA` (the fast path
-//! below) on the caller's connection, and a multiplexed or cluster connection pipelines every
-//! request in flight on one socket. Concurrent callers therefore share round trips without a
-//! batching window that would add latency to a lone caller. Share one connection between
-//! tasks (it is cheap to clone). Measured with `examples/redis_throughput.rs` on a busy
-//! 2-core machine (release build, 64 tasks sharing one connection, 1 or 1000 conversations,
-//! every figure from the same run as its baselines): standalone 115 000 to 170 000
-//! allocations/s, 0.7 to 0.85 times plain `INCR` on the same connection (the script costs a
-//! little more than a bare `INCR`); Redis Cluster (6 local nodes) 57 000 to 85 000/s, about
-//! 0.7 times plain `INCR`. One task alone: about 6 000/s (one round trip each). `INCR` sent in
-//! explicit pipelines of 100 reaches 5 to 7 times the sequencer's rate, so a batching task
-//! (gather the pending allocations, send one pipeline per node) is the way to go further; it
-//! is not written yet.
+//! The fast path of an allocation is one plain `INCR`. Concurrent allocations, of any
+//! conversations, are gathered by a batching task this type starts on first use (on the
+//! caller's tokio runtime) and sent as one pipeline: the task takes whatever queued while the
+//! earlier pipelines were in flight, up to [`max_batch`](RedisSequencerConfig::max_batch),
+//! with at most [`pipelines_in_flight`](RedisSequencerConfig::pipelines_in_flight) out at
+//! once. There is no timer: a lone caller's `INCR` leaves at once, so batching adds no latency
+//! when idle, and under load one round trip carries a hundred allocations or more. On Redis
+//! Cluster a batch is split by node (from `CLUSTER SLOTS`, read again when a reply says a slot
+//! moved), one pipeline per node; an `INCR` that still lands on the wrong node answers `MOVED`
+//! without running and is sent again alone, through the client's redirect handling. Errors
+//! are per allocation: a failed pipeline fails the allocations it carried, nothing else.
+//! [`RedisSequencer::batch_stats`] counts pipelines and allocations. Share one connection
+//! between tasks (it is cheap to clone); `max_batch` 1 turns batching off (each allocation is
+//! then its own command, pipelined only by the multiplexed connection).
+//!
+//! Scenario 5 of the benchmarks (`examples/sequencer_bench.rs`) measures it next to
+//! `redis-benchmark -t incr -P 16` on the same server in the same run; see
+//! `docs/benchmarks-storage.md` for the figures.
 //!
 //! # When Redis forgets: the floor
 //!
 //! Redis can lose increments: a restart without persistence, a failover to a replica that had
 //! not yet received the last writes, `FLUSHALL`. A counter that restarts from zero would hand
-//! out seqs the store already holds. Two defences, both folded in atomically by a small Lua
-//! script (`if current < floor then SET floor end; INCR`):
+//! out seqs the store already holds. Two defences:
 //!
-//! - **A missing key is never incremented blindly.** The fast path is a script that
-//!   increments only if the key exists. A missing key means either a new conversation or lost
-//!   state; both are resolved the same way: read the [`SeqFloor`] (the store's head) and raise
-//!   the counter to it before incrementing. The check is per allocation and atomic, so after a
-//!   `FLUSHALL` no process, whether it saw the conversation before or not, gets a seq from a
-//!   reset counter without the floor.
+//! - **A missing counter is never trusted.** A counter this sequencer initialized holds
+//!   2^52 + the last seq (`INITIALIZED`). The fast path is a plain `INCR`; an answer at or
+//!   below 2^52 means the key was missing (Redis lost it, or a new conversation) and the
+//!   `INCR` just created it, or something else wrote it. Either way the answer is not used:
+//!   the sequencer reads the [`SeqFloor`] (the store's head) and raises the counter to
+//!   2^52 + floor before incrementing, atomically, with a small Lua script (`if current <
+//!   target then SET target end; INCR`). The check is per allocation, so after a `FLUSHALL`
+//!   no process, whether it saw the conversation before or not, gets a seq from a reset
+//!   counter without the floor. (Earlier versions made the fast path a script that
+//!   incremented only an existing key; the offset gives the same check with a plain `INCR`,
+//!   which Redis runs about three times faster than a script call.)
 //! - **The floor is read on first use per process**, even when the key exists, and whenever
 //!   the counter answers a value not above the highest seq this process already saw for the
 //!   conversation (a counter that went backwards: a failover to a lagging replica, a restore).
@@ -76,8 +85,9 @@
 //! append detects such a collision and the caller fences the sequencer past the store's head
 //! with [`FenceSeq`] (see [`RedisSequencer::fence_seq`]), so no seq is ever stored twice.
 //!
-//! Large values: the scripts compare counters as Lua numbers, exact up to 2^53; Redis
-//! counters stop at `i64::MAX` (an error, never a wrap).
+//! Large values: the scripts compare counters as Lua numbers, exact up to 2^53, so seqs stop
+//! at 2^52 - 1 (a floor or fence beyond is refused with [`ErrorKind::InvalidRequest`], never
+//! wrapped).
 //!
 //! # Fencing and the epoch
 //!
@@ -90,6 +100,7 @@
 //! The process keeps a few dozen bytes of state per conversation seen since start (like the
 //! memory backend, with no eviction yet). Redis keeps two small keys per conversation, no TTL.
 
+mod batch;
 mod config;
 mod error;
 
@@ -97,17 +108,19 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use ::redis::Script;
 use ::redis::aio::{ConnectionLike, ConnectionManager};
+use ::redis::{Script, ScriptInvocation};
 #[cfg(doc)]
 use messenger_core::ErrorKind;
 use messenger_core::sequencer::{FenceSeq, NextSeq, SeqFloor};
 use messenger_core::{ConversationId, Error, Seq};
 use tokio::sync::Notify;
 
+pub use batch::BatchStats;
+use batch::{BatchError, Batcher};
 pub use config::RedisSequencerConfig;
 use error::RedisSequencerError;
 
@@ -119,15 +132,16 @@ const BACKEND: &str = "redis";
 /// How long a floor read waits for this process's increments in flight to land.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
-/// Increments the counter only if it exists; answers 0 when it does not (the floor is needed).
-const INCREMENT_EXISTING: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('INCR', KEYS[1])
-end
-return 0
-";
+/// What a counter holds on top of the last seq once this sequencer initialized it: a counter
+/// holds `INITIALIZED + last seq`. A counter at or below it was never raised to the floor: it
+/// is missing (Redis lost it, or a new conversation) and a plain `INCR` just created it, or it
+/// was written by something else. Either way the fast path's `INCR` answers a value at or
+/// below `INITIALIZED`, and the floor is read. This is what lets the fast path be a plain
+/// `INCR` instead of a script, with the same per-allocation check. 2^52 keeps every value the
+/// scripts compare exact as a Lua number (below 2^53); seqs stop at 2^52 - 1.
+const INITIALIZED: u64 = 1 << 52;
 
-/// Raises the counter to at least ARGV[1] (the floor), then increments it.
+/// Raises the counter to at least ARGV[1] (`INITIALIZED` + the floor), then increments it.
 const RAISE_THEN_INCREMENT: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current < tonumber(ARGV[1]) then
@@ -136,14 +150,15 @@ end
 return redis.call('INCR', KEYS[1])
 ";
 
-/// Raises the counter (KEYS[1]) to at least ARGV[1] and increments the epoch (KEYS[2]).
-/// With ARGV[2] = '0' a missing counter is left alone and the script answers 0 (the floor is
-/// needed first); otherwise it answers the new epoch.
+/// Raises the counter (KEYS[1]) to at least ARGV[1] (`INITIALIZED` + the fence) and increments
+/// the epoch (KEYS[2]). With ARGV[2] = '0' a counter not initialized (missing, or not above
+/// ARGV[3] = `INITIALIZED`) is left alone and the script answers 0 (the floor is needed
+/// first); otherwise it answers the new epoch.
 const FENCE: &str = r"
-if ARGV[2] == '0' and redis.call('EXISTS', KEYS[1]) == 0 then
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if ARGV[2] == '0' and current <= tonumber(ARGV[3]) then
   return 0
 end
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
 end
@@ -164,17 +179,25 @@ pub struct RedisSequencer<F, C = ConnectionManager> {
     prefix: String,
     hasher: RandomState,
     shards: Box<[Shard]>,
-    increment_existing: Script,
     raise_then_increment: Script,
     fence: Script,
+    max_batch: usize,
+    pipelines_in_flight: usize,
+    /// The batching task, started on first use (inside the caller's runtime); `None` when
+    /// batching is off or there was no tokio runtime.
+    batcher: OnceLock<Option<Batcher>>,
 }
 
 /// A part of the per-conversation state under one lock.
 type Shard = Mutex<HashMap<ConversationId, Arc<Conversation>>>;
 
 /// What this process knows of one conversation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Conversation {
+    /// The counter key.
+    key: Arc<str>,
+    /// The Redis Cluster hash slot of the key.
+    slot: u16,
     /// How many times this process folded the floor into the counter; 0 until the first use.
     /// Allocations that raced with a floor read retry when it changed.
     floors_applied: AtomicU64,
@@ -189,6 +212,18 @@ struct Conversation {
 }
 
 impl Conversation {
+    fn new(key: String) -> Self {
+        Self {
+            slot: batch::slot_of(key.as_bytes()),
+            key: Arc::from(key),
+            floors_applied: AtomicU64::new(0),
+            highest: AtomicU64::new(0),
+            floor_lock: tokio::sync::Mutex::new(()),
+            in_flight: AtomicU64::new(0),
+            drained: Notify::new(),
+        }
+    }
+
     /// Waits until every increment in flight has recorded its seq in `highest` (or for
     /// [`DRAIN_LIMIT`]), so a raise computed afterwards is above all of them.
     async fn drain(&self) {
@@ -249,9 +284,11 @@ where
             prefix: config.key_prefix,
             hasher: RandomState::new(),
             shards,
-            increment_existing: Script::new(INCREMENT_EXISTING),
             raise_then_increment: Script::new(RAISE_THEN_INCREMENT),
             fence: Script::new(FENCE),
+            max_batch: config.max_batch,
+            pipelines_in_flight: config.pipelines_in_flight.max(1),
+            batcher: OnceLock::new(),
         }
     }
 
@@ -260,7 +297,8 @@ where
         &self.floor
     }
 
-    /// The counter key of `conversation`: `{prefix}:{<conversation>}:seq`.
+    /// The counter key of `conversation`: `{prefix}:{<conversation>}:seq`. Once initialized it
+    /// holds 2^52 + the last seq handed out (see the [module docs](self#the-fast-path-a-plain-incr)).
     pub fn counter_key(&self, conversation: &ConversationId) -> String {
         format!("{}:{{{}}}:seq", self.prefix, conversation.as_str())
     }
@@ -279,11 +317,15 @@ where
         let mut shard = self.shards[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(shard.entry(conversation.clone()).or_default())
+        Arc::clone(
+            shard
+                .entry(conversation.clone())
+                .or_insert_with(|| Arc::new(Conversation::new(self.counter_key(conversation)))),
+        )
     }
 
-    /// Allocates the next seq of `conversation`: one `EVALSHA` (increment if the counter
-    /// exists) in the common case; on first use in this process, on a missing counter and on
+    /// Allocates the next seq of `conversation`: one `INCR`, batched with concurrent
+    /// allocations, in the common case; on first use in this process, on a missing counter and on
     /// a counter that went backwards, a floor read and a raise-then-increment script.
     ///
     /// # Errors
@@ -292,8 +334,10 @@ where
     ///   or may not have been burned.
     /// - The floor's error, unchanged, when reading the floor failed. Nothing was allocated;
     ///   the next call reads the floor again.
-    /// - [`ErrorKind::Unexpected`] for any other Redis error, such as a counter beyond
-    ///   `i64::MAX`.
+    /// - [`ErrorKind::InvalidRequest`] when the floor is at or beyond 2^52 - 1, the largest
+    ///   seq this backend hands out.
+    /// - [`ErrorKind::Unexpected`] for any other Redis error, such as a counter holding
+    ///   something else than an integer.
     ///
     /// # Cancellation safety
     /// Not cancellation safe: an `INCR` sent and then dropped (a timeout layer, a client gone)
@@ -301,7 +345,6 @@ where
     /// nothing was allocated, and another waiting caller takes the read over.
     pub async fn next_seq(&self, conversation: &ConversationId) -> Result<Seq, Error> {
         let state = self.conversation(conversation);
-        let key = self.counter_key(conversation);
         loop {
             let floors_applied = state.floors_applied.load(Ordering::Acquire);
             if floors_applied > 0 {
@@ -309,21 +352,14 @@ where
                 // before ours, so ours must be above it unless the counter went backwards.
                 let highest = state.highest.load(Ordering::Acquire);
                 let in_flight = InFlight::new(&state);
-                let seq = self
-                    .eval(
-                        &self.increment_existing,
-                        &key,
-                        &[],
-                        "increment",
-                        conversation,
-                    )
-                    .await?;
+                let seq = self.increment(&state, conversation).await?;
                 if seq > highest {
                     state.highest.fetch_max(seq, Ordering::AcqRel);
                     return Ok(Seq(seq));
                 }
                 drop(in_flight);
-                // 0: the counter is missing; otherwise it went backwards. Read the floor.
+                // 0: the counter was missing (or never initialized); otherwise it went
+                // backwards. Read the floor.
             }
             let _flight = state.floor_lock.lock().await;
             if state.floors_applied.load(Ordering::Acquire) != floors_applied {
@@ -335,15 +371,24 @@ where
             state.drain().await;
             let floor = self.floor.floor(conversation).await?;
             let target = floor.get().max(state.highest.load(Ordering::Acquire));
-            let seq = self
+            let target = initialized(target, conversation)?;
+            let value = self
                 .eval(
                     &self.raise_then_increment,
-                    &key,
+                    &state.key,
                     &[target],
                     "raise-then-increment",
                     conversation,
                 )
                 .await?;
+            let seq = value
+                .checked_sub(INITIALIZED)
+                .filter(|seq| *seq > 0)
+                .ok_or_else(|| RedisSequencerError::UnexpectedReply {
+                    operation: "raise-then-increment",
+                    conversation: conversation.clone(),
+                    value: i64::try_from(value).unwrap_or(i64::MAX),
+                })?;
             state.highest.fetch_max(seq, Ordering::AcqRel);
             state.floors_applied.fetch_add(1, Ordering::AcqRel);
             return Ok(Seq(seq));
@@ -361,7 +406,9 @@ where
     /// # Errors
     /// As [`next_seq`](Self::next_seq): [`ErrorKind::Unavailable`] / [`ErrorKind::Timeout`]
     /// when Redis cannot be reached (the fence may or may not be applied: retry it), the
-    /// floor's error, [`ErrorKind::Unexpected`] otherwise (`at_least` beyond `i64::MAX`).
+    /// floor's error, [`ErrorKind::InvalidRequest`] when `at_least` (or the floor) is at or
+    /// beyond 2^52 - 1, the largest seq this backend hands out, [`ErrorKind::Unexpected`]
+    /// otherwise.
     ///
     /// # Cancellation safety
     /// Cancellation safe in effect: a dropped fence is either applied or not, and retrying it
@@ -417,21 +464,112 @@ where
         at_least: u64,
         create: bool,
     ) -> Result<u64, Error> {
-        let mut connection = self.connection.clone();
-        let epoch: i64 = self
-            .fence
-            .key(self.counter_key(conversation))
+        let mut invocation = self.fence.key(self.counter_key(conversation));
+        invocation
             .key(self.epoch_key(conversation))
-            .arg(at_least)
+            .arg(initialized(at_least, conversation)?)
             .arg(if create { "1" } else { "0" })
-            .invoke_async(&mut connection)
+            .arg(INITIALIZED);
+        let epoch =
+            self.invoke(&invocation)
+                .await
+                .map_err(|source| RedisSequencerError::Command {
+                    operation: "fence",
+                    conversation: conversation.clone(),
+                    source,
+                })?;
+        non_negative(epoch, "fence", conversation)
+    }
+
+    /// How many pipelines the batching task sent and how many allocations they carried
+    /// (all zero while batching is off or before the first allocation). Allocations sent
+    /// alone (floor reads, fences, a request a batch could not run) are not counted.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batcher
+            .get()
+            .and_then(Option::as_ref)
+            .map(Batcher::stats)
+            .unwrap_or_default()
+    }
+
+    /// The batching task, started on first use.
+    fn batcher(&self) -> Option<&Batcher> {
+        self.batcher
+            .get_or_init(|| {
+                (self.max_batch > 1).then(|| {
+                    Batcher::spawn(
+                        self.connection.clone(),
+                        self.max_batch,
+                        self.pipelines_in_flight,
+                    )
+                })?
+            })
+            .as_ref()
+    }
+
+    /// The fast path: `INCR` of the counter, through the batching task when there is one;
+    /// answers the seq, or 0 when the counter was not initialized (the floor is needed). A
+    /// request the batch could not run (a slot that moved) is sent alone.
+    async fn increment(
+        &self,
+        state: &Conversation,
+        conversation: &ConversationId,
+    ) -> Result<u64, Error> {
+        const OPERATION: &str = "increment";
+        if let Some(batcher) = self.batcher() {
+            match batcher.increment(Arc::clone(&state.key), state.slot).await {
+                Ok(value) => return Ok(seq_of(value)),
+                Err(BatchError::NotSent) => {}
+                Err(BatchError::Failed(source)) => {
+                    return Err(RedisSequencerError::Pipeline {
+                        operation: OPERATION,
+                        conversation: conversation.clone(),
+                        source,
+                    }
+                    .into());
+                }
+                Err(BatchError::Lost) => {
+                    return Err(RedisSequencerError::BatcherGone {
+                        operation: OPERATION,
+                        conversation: conversation.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
+        let mut connection = self.connection.clone();
+        let value: i64 = ::redis::cmd("INCR")
+            .arg(&*state.key)
+            .query_async(&mut connection)
             .await
             .map_err(|source| RedisSequencerError::Command {
-                operation: "fence",
+                operation: OPERATION,
                 conversation: conversation.clone(),
                 source,
             })?;
-        non_negative(epoch, "fence", conversation)
+        Ok(seq_of(value))
+    }
+
+    /// Runs a script that answers an integer. The client loads a script the server does not
+    /// know and runs it again; when the server forgets it again in between (a `SCRIPT FLUSH`,
+    /// a failover racing with the load), the whole thing is tried a few more times. A script
+    /// answered `NOSCRIPT` did not run, so nothing is burned.
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> ::redis::RedisResult<i64> {
+        const ATTEMPTS: usize = 5;
+        let mut connection = self.connection.clone();
+        let mut attempt = 1;
+        loop {
+            match invocation.invoke_async(&mut connection).await {
+                Err(err)
+                    if attempt < ATTEMPTS
+                        && err.kind()
+                            == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Runs a one-key counter script that answers a non-negative integer.
@@ -443,21 +581,42 @@ where
         operation: &'static str,
         conversation: &ConversationId,
     ) -> Result<u64, Error> {
-        let mut connection = self.connection.clone();
         let mut invocation = script.key(key);
         for arg in args {
             invocation.arg(*arg);
         }
-        let value: i64 = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|source| RedisSequencerError::Command {
-                operation,
-                conversation: conversation.clone(),
-                source,
-            })?;
+        let value =
+            self.invoke(&invocation)
+                .await
+                .map_err(|source| RedisSequencerError::Command {
+                    operation,
+                    conversation: conversation.clone(),
+                    source,
+                })?;
         non_negative(value, operation, conversation)
     }
+}
+
+/// The seq a fast-path `INCR` answered, or 0 when the counter was not initialized (missing
+/// and just created by the `INCR`, or written by something else).
+fn seq_of(value: i64) -> u64 {
+    u64::try_from(value)
+        .ok()
+        .and_then(|value| value.checked_sub(INITIALIZED))
+        .unwrap_or(0)
+}
+
+/// What a counter holds once `seq` was handed out: `INITIALIZED + seq`, or an error when `seq`
+/// is beyond what this backend hands out.
+fn initialized(seq: u64, conversation: &ConversationId) -> Result<u64, Error> {
+    if seq >= INITIALIZED - 1 {
+        return Err(RedisSequencerError::SeqTooLarge {
+            conversation: conversation.clone(),
+            seq,
+        }
+        .into());
+    }
+    Ok(INITIALIZED + seq)
 }
 
 /// `value` as a `u64`, or an error naming the operation when it is negative.
@@ -500,6 +659,8 @@ impl<F, C> fmt::Debug for RedisSequencer<F, C> {
             .field("connection", &std::any::type_name::<C>())
             .field("prefix", &self.prefix)
             .field("shards", &self.shards.len())
+            .field("max_batch", &self.max_batch)
+            .field("pipelines_in_flight", &self.pipelines_in_flight)
             .finish_non_exhaustive()
     }
 }
