@@ -344,6 +344,6 @@ impl<S> StoreService for S where
         + Handles<GetReceipts>
         + Handles<SetLastSeen>
         + Handles<GetLastSeen>
-    + Handles<SetMediaStatus>
+        + Handles<SetMediaStatus>
 {
 }

@@ -1258,7 +1258,10 @@ pub async fn media_moves_once_from_pending<S: StoreService>(store: &S) {
         .await
         .expect("a second completion answers");
     assert!(!set.applied, "a second completion is refused");
-    assert!(entry_at(store, &chat, 4).await.is_none(), "nothing appended");
+    assert!(
+        entry_at(store, &chat, 4).await.is_none(),
+        "nothing appended"
+    );
 
     // A failure after ready: refused, the entry stays ready.
     let failed = media_update(&chat, 4, 1, MediaStatus::Failed, None);
@@ -1267,7 +1270,10 @@ pub async fn media_moves_once_from_pending<S: StoreService>(store: &S) {
         .expect("a late failure answers");
     assert!(!set.applied);
     assert_eq!(media_status_of(&set.media).0, MediaStatus::Ready);
-    assert!(entry_at(store, &chat, 4).await.is_none(), "nothing appended");
+    assert!(
+        entry_at(store, &chat, 4).await.is_none(),
+        "nothing appended"
+    );
     assert_eq!(head(store, &chat).await, Seq(3));
 }
 

@@ -290,7 +290,10 @@ async fn serve<B: StoreBackend>(
     media_config.max_bytes = args.media_max_bytes;
     media_config.ticket_ttl = Duration::from_millis(args.media_ticket_ttl_ms);
     media_config.sweep_interval = Duration::from_millis(args.media_sweep_ms.max(1));
-    media_config.secret = args.media_secret.as_ref().map(|secret| secret.as_bytes().to_vec());
+    media_config.secret = args
+        .media_secret
+        .as_ref()
+        .map(|secret| secret.as_bytes().to_vec());
     let storage = media_storage(&args.media_store, &media_dir)?;
     let node = Node::new(services, hub, config)
         .with_event_sink(Arc::new(move |event| bus.publish(event)))
@@ -317,8 +320,9 @@ fn media_storage(
 ) -> Result<Arc<dyn media::ObjectStore>, Box<dyn std::error::Error>> {
     if spec == "local" {
         let objects = media_dir.join("objects");
-        return media::local_storage(&objects)
-            .map_err(|err| format!("cannot use {} for media objects: {err}", objects.display()).into());
+        return media::local_storage(&objects).map_err(|err| {
+            format!("cannot use {} for media objects: {err}", objects.display()).into()
+        });
     }
     if spec.starts_with("s3://") {
         #[cfg(feature = "s3")]

@@ -46,7 +46,10 @@ impl<B: Backends> Node<B> {
         reason: Option<String>,
     ) -> Result<Committed, Error> {
         let info = self.conversation(conversation).await?.ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("no conversation {conversation}"))
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no conversation {conversation}"),
+            )
         })?;
         let recipients: Arc<[UserId]> = info.members.iter().map(|m| m.user.clone()).collect();
         let body = Body::MediaStatus(MediaUpdate {

@@ -82,11 +82,11 @@ pub(crate) async fn handle<B: Backends>(
         return reply(StatusCode::NOT_FOUND, "no such media");
     };
     let seq = Seq(seq);
-    let identity =
-        match authenticate(&node, &headers, query.get("token").map(String::as_str)).await {
-            Ok(identity) => identity,
-            Err(response) => return response,
-        };
+    let identity = match authenticate(&node, &headers, query.get("token").map(String::as_str)).await
+    {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
     if let Err(refusal) = node.membership(&conversation, &identity.user).await {
         let status = match refusal.code {
             ErrorCode::NotMember => StatusCode::FORBIDDEN,
@@ -112,7 +112,11 @@ pub(crate) async fn handle<B: Backends>(
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
+        .is_some_and(|value| {
+            value
+                .split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
     if not_modified {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         insert(&mut response, header::ETAG, &etag);
@@ -120,7 +124,9 @@ pub(crate) async fn handle<B: Backends>(
         return response;
     }
     let size = media.size;
-    let range_header = headers.get(header::RANGE).and_then(|value| value.to_str().ok());
+    let range_header = headers
+        .get(header::RANGE)
+        .and_then(|value| value.to_str().ok());
     // A range is honoured only for this very object (If-Range with our ETag, or no If-Range).
     let if_range_ok = headers
         .get(header::IF_RANGE)
@@ -136,7 +142,11 @@ pub(crate) async fn handle<B: Backends>(
         Wanted::Part(range) => (StatusCode::PARTIAL_CONTENT, range),
         Wanted::Unsatisfiable => {
             let mut response = reply(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
-            insert(&mut response, header::CONTENT_RANGE, &format!("bytes */{size}"));
+            insert(
+                &mut response,
+                header::CONTENT_RANGE,
+                &format!("bytes */{size}"),
+            );
             insert(&mut response, header::ACCEPT_RANGES, "bytes");
             return response;
         }
@@ -150,10 +160,15 @@ pub(crate) async fn handle<B: Backends>(
         }
         Err(err) => {
             tracing::warn!(error = %err, "cannot read from the object store");
-            return reply(StatusCode::SERVICE_UNAVAILABLE, "the object store is unavailable");
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the object store is unavailable",
+            );
         }
     };
-    let stream = object.into_stream().map(|chunk| chunk.map_err(std::io::Error::other));
+    let stream = object
+        .into_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
     let mut response = Response::new(HttpBody::from_stream(stream));
     *response.status_mut() = status;
     insert(&mut response, header::CONTENT_TYPE, &media.mime);

@@ -30,10 +30,10 @@ mod pending;
 mod ticket;
 mod upload;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::Router;
@@ -234,7 +234,11 @@ impl MediaState {
         )
     }
 
-    pub(crate) fn download_url(&self, conversation: &messenger_core::ConversationId, seq: Seq) -> String {
+    pub(crate) fn download_url(
+        &self,
+        conversation: &messenger_core::ConversationId,
+        seq: Seq,
+    ) -> String {
         format!(
             "{}/media/files/{conversation}/{seq}",
             self.config.public_url
@@ -258,7 +262,10 @@ pub(crate) fn accept<B: Backends>(node: &Node<B>, media: NewMedia) -> Result<Bod
     };
     let max = state.config.max_bytes;
     if media.size == 0 {
-        return Err(Refusal::new(ErrorCode::InvalidRequest, "media size must be at least 1 byte"));
+        return Err(Refusal::new(
+            ErrorCode::InvalidRequest,
+            "media size must be at least 1 byte",
+        ));
     }
     if media.size > max {
         return Err(Refusal::new(
@@ -383,7 +390,10 @@ pub fn router<B: Backends>(node: &Node<B>) -> Router {
             "/media/uploads/{conversation}/{seq}",
             any(upload::handle::<B>).layer(DefaultBodyLimit::disable()),
         )
-        .route("/media/files/{conversation}/{seq}", get(download::handle::<B>))
+        .route(
+            "/media/files/{conversation}/{seq}",
+            get(download::handle::<B>),
+        )
         .with_state(node.clone())
 }
 
@@ -433,7 +443,10 @@ async fn sweep<B: Backends>(node: &Node<B>) {
                 continue;
             }
         }
-        state.journal.remove(&overdue.conversation, overdue.seq).await;
+        state
+            .journal
+            .remove(&overdue.conversation, overdue.seq)
+            .await;
         if state.claim(&key).is_some() {
             let _ = tokio::fs::remove_file(state.staging_path(&key)).await;
         }

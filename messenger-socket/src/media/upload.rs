@@ -76,7 +76,10 @@ pub(crate) async fn authenticate<B: Backends>(
         if err.kind() == messenger_core::ErrorKind::Unauthorized {
             reply(StatusCode::UNAUTHORIZED, err.message().to_owned())
         } else {
-            reply(StatusCode::SERVICE_UNAVAILABLE, "authentication is unavailable")
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authentication is unavailable",
+            )
         }
     })
 }
@@ -235,7 +238,10 @@ pub(crate) async fn handle<B: Backends>(
             );
         }
         Err(TicketError::Invalid(err)) => {
-            return reply(StatusCode::UNAUTHORIZED, format!("bad upload ticket: {err}"));
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                format!("bad upload ticket: {err}"),
+            );
         }
     };
     if claims.conv != conversation.as_str() || claims.seq != seq.get() {
@@ -278,7 +284,10 @@ pub(crate) async fn handle<B: Backends>(
     };
     match method {
         Method::HEAD => {
-            let mut response = with_offset(StatusCode::OK.into_response(), staged_len(state, &key).await);
+            let mut response = with_offset(
+                StatusCode::OK.into_response(),
+                staged_len(state, &key).await,
+            );
             response
                 .headers_mut()
                 .insert("upload-length", HeaderValue::from(claims.size));
@@ -289,7 +298,10 @@ pub(crate) async fn handle<B: Backends>(
             let current = staged_len(state, &key).await;
             let Some(offset) = offset_header(&headers) else {
                 return with_offset(
-                    reply(StatusCode::BAD_REQUEST, "PATCH needs an Upload-Offset header"),
+                    reply(
+                        StatusCode::BAD_REQUEST,
+                        "PATCH needs an Upload-Offset header",
+                    ),
                     current,
                 );
             };
@@ -423,7 +435,10 @@ impl<B: Backends> Upload<'_, B> {
             Ok(file) => file,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot open a staged upload");
-                return reply(StatusCode::SERVICE_UNAVAILABLE, "cannot read the staged upload");
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot read the staged upload",
+                );
             }
         };
         let mut head = vec![0u8; SNIFF_BYTES];
@@ -434,7 +449,10 @@ impl<B: Backends> Upload<'_, B> {
                 Ok(n) => filled += n,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot read a staged upload");
-                    return reply(StatusCode::SERVICE_UNAVAILABLE, "cannot read the staged upload");
+                    return reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cannot read the staged upload",
+                    );
                 }
             }
         }
@@ -454,7 +472,9 @@ impl<B: Backends> Upload<'_, B> {
                 return with_offset(
                     reply(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("the bytes hash to {digest}, not the declared {declared}; start again"),
+                        format!(
+                            "the bytes hash to {digest}, not the declared {declared}; start again"
+                        ),
                     ),
                     0,
                 );
@@ -490,7 +510,8 @@ impl<B: Backends> Upload<'_, B> {
                     .into_response()
             }
             Ok(Committed::Refused(media)) => {
-                let ready = matches!(&media.body, Body::Media(media) if media.status == MediaStatus::Ready);
+                let ready =
+                    matches!(&media.body, Body::Media(media) if media.status == MediaStatus::Ready);
                 if !ready {
                     let _ = self.state.storage.delete(&object).await;
                 }
@@ -498,14 +519,20 @@ impl<B: Backends> Upload<'_, B> {
                 if ready {
                     reply(StatusCode::CONFLICT, "already uploaded")
                 } else {
-                    reply(StatusCode::GONE, "the message failed before the upload finished")
+                    reply(
+                        StatusCode::GONE,
+                        "the message failed before the upload finished",
+                    )
                 }
             }
             Err(err) => {
                 // The staged file stays: `PATCH` at the full size finishes again.
                 tracing::warn!(error = %err, "cannot mark a media entry ready");
                 let _ = self.state.storage.delete(&object).await;
-                reply(StatusCode::SERVICE_UNAVAILABLE, "cannot complete the upload; retry")
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot complete the upload; retry",
+                )
             }
         }
     }
@@ -519,7 +546,10 @@ impl<B: Backends> Upload<'_, B> {
     ) -> Result<String, Response> {
         let unavailable = |err: &dyn std::fmt::Display| {
             tracing::warn!(error = %err, "cannot write to the object store");
-            reply(StatusCode::SERVICE_UNAVAILABLE, "the object store is unavailable; retry")
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the object store is unavailable; retry",
+            )
         };
         let upload = self
             .state
@@ -573,10 +603,15 @@ impl<B: Backends> Upload<'_, B> {
                 discard(self.state, self.key).await;
                 StatusCode::NO_CONTENT.into_response()
             }
-            Ok(Committed::Refused(_)) => reply(StatusCode::CONFLICT, "the message is final already"),
+            Ok(Committed::Refused(_)) => {
+                reply(StatusCode::CONFLICT, "the message is final already")
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot cancel an upload");
-                reply(StatusCode::SERVICE_UNAVAILABLE, "cannot cancel the upload; retry")
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot cancel the upload; retry",
+                )
             }
         }
     }
@@ -602,7 +637,9 @@ mod tests {
     #[test]
     fn mime_types_are_tokens() {
         assert!(is_mime("image/png"));
-        assert!(is_mime("application/vnd.openxmlformats-officedocument.wordprocessingml.document"));
+        assert!(is_mime(
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+        ));
         assert!(!is_mime("image"));
         assert!(!is_mime("image/png; charset=x"));
         assert!(!is_mime("/png"));

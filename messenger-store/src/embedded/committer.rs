@@ -450,12 +450,14 @@ fn set_media_status(
         }
         crate::media::Decision::Apply(moved) => {
             insert_update(conn, update)?;
-            conn.prepare_cached("UPDATE messages SET body = ?3 WHERE conversation = ?1 AND seq = ?2")?
-                .execute(params![
-                    conversation,
-                    to_sql("seq", media_seq.get())?,
-                    serde_json::to_string(&moved.body)?,
-                ])?;
+            conn.prepare_cached(
+                "UPDATE messages SET body = ?3 WHERE conversation = ?1 AND seq = ?2",
+            )?
+            .execute(params![
+                conversation,
+                to_sql("seq", media_seq.get())?,
+                serde_json::to_string(&moved.body)?,
+            ])?;
             Ok(MediaStatusSet {
                 media: Arc::new(moved),
                 applied: true,

@@ -33,8 +33,8 @@ use std::thread::JoinHandle;
 
 use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
-    GetConversation, GetHead, GetLastSeen, GetReceipts, MessagePage, ReadBefore, ReadRange,
-    MediaStatusSet, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
+    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
+    ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
     VoidSeq,
 };
 use messenger_core::{ConversationSummary, Error, Message, Receipts, Seq, Timestamp, UserId};

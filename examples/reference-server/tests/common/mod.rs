@@ -15,6 +15,8 @@ use messenger_core::{ConversationId, Message, UserId};
 use messenger_socket::client::{Client, ClientConfig, ClientEvent, Events};
 use tokio_tungstenite::tungstenite;
 
+pub mod media;
+
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// One reference-server process.
