@@ -109,9 +109,9 @@ pub enum Body {
     /// An image, video or file. Sequenced as `pending` when sent; its `status` changes in
     /// place to `ready` (with `url`) or `failed`, and each change is also logged as a
     /// [`Body::MediaStatus`] entry so devices that already hold the entry learn of it.
-    Media(MediaBody),
+    Media(Box<MediaBody>),
     /// The media entry at `media_seq` changed status (see `docs/media.md`).
-    MediaStatus(MediaUpdate),
+    MediaStatus(Box<MediaUpdate>),
 }
 
 impl Body {

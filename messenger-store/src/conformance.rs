@@ -1166,7 +1166,7 @@ pub async fn two_stores_race_for_the_same_seqs<S: StoreService>(first: &S, secon
 }
 
 fn media(conversation: &ConversationId, seq: u64, sender: &UserId) -> Arc<Message> {
-    let body = Body::Media(MediaBody {
+    let body = Body::Media(Box::new(MediaBody {
         name: "cat.png".to_owned(),
         mime: "image/png".to_owned(),
         size: 1234,
@@ -1177,7 +1177,7 @@ fn media(conversation: &ConversationId, seq: u64, sender: &UserId) -> Arc<Messag
         status: MediaStatus::Pending,
         url: None,
         reason: None,
-    });
+    }));
     entry(conversation, seq, sender, &format!("media-{seq}"), body)
 }
 
@@ -1189,12 +1189,12 @@ fn media_update(
     url: Option<&str>,
 ) -> Arc<Message> {
     let sender = UserId::new("system").expect("a valid user id");
-    let body = Body::MediaStatus(MediaUpdate {
+    let body = Body::MediaStatus(Box::new(MediaUpdate {
         media_seq: Seq(media_seq),
         status,
         url: url.map(str::to_owned),
         reason: (status == MediaStatus::Failed).then(|| "upload expired".to_owned()),
-    });
+    }));
     entry(
         conversation,
         seq,

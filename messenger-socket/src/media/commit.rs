@@ -52,12 +52,12 @@ impl<B: Backends> Node<B> {
             )
         })?;
         let recipients: Arc<[UserId]> = info.members.iter().map(|m| m.user.clone()).collect();
-        let body = Body::MediaStatus(MediaUpdate {
+        let body = Body::MediaStatus(Box::new(MediaUpdate {
             media_seq,
             status,
             url: url.clone(),
             reason: reason.clone(),
-        });
+        }));
         let mut attempts = 0;
         loop {
             attempts += 1;

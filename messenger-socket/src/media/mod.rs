@@ -301,7 +301,7 @@ pub(crate) fn accept<B: Backends>(node: &Node<B>, media: NewMedia) -> Result<Bod
         }
         None => None,
     };
-    Ok(Body::Media(MediaBody {
+    Ok(Body::Media(Box::new(MediaBody {
         name: media.name,
         mime: media.mime.to_ascii_lowercase(),
         size: media.size,
@@ -312,7 +312,7 @@ pub(crate) fn accept<B: Backends>(node: &Node<B>, media: NewMedia) -> Result<Bod
         status: MediaStatus::Pending,
         url: None,
         reason: None,
-    }))
+    })))
 }
 
 /// The `upload` frame for a stored media entry still pending (also for a retried send),

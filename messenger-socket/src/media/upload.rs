@@ -108,7 +108,7 @@ pub(crate) async fn media_entry<B: Backends>(
         reply(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
     })?;
     match page.messages.first().map(|message| &message.body) {
-        Some(Body::Media(media)) if page.messages[0].seq == seq => Ok(media.clone()),
+        Some(Body::Media(media)) if page.messages[0].seq == seq => Ok(MediaBody::clone(media)),
         _ => Err(reply(StatusCode::NOT_FOUND, "no such media")),
     }
 }

@@ -243,7 +243,7 @@ pub async fn next_status(ws: &mut Raw) -> (Seq, MediaUpdate) {
     loop {
         let message = next_message(ws).await;
         if let Body::MediaStatus(update) = &message.body {
-            return (message.seq, update.clone());
+            return (message.seq, MediaUpdate::clone(update));
         }
     }
 }
