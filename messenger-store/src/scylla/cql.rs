@@ -341,22 +341,28 @@ mod tests {
         assert!(INSERT_CONVERSATION.ends_with("IF NOT EXISTS"));
         assert!(MOVE_KEY.ends_with("IF seq = ?"));
         assert!(RELEASE_KEY.ends_with("IF seq = ?"));
+        assert!(SET_MEDIA_BODY.ends_with("IF body = ?"));
         for statement in [
             INSERT_MESSAGE,
             CLAIM_KEY,
             MOVE_KEY,
             RELEASE_KEY,
             INSERT_CONVERSATION,
+            SET_MEDIA_BODY,
         ] {
             assert!(is_lwt(statement), "{statement}");
         }
         // Nothing else pays for Paxos.
         let lwts = ALL.iter().filter(|statement| is_lwt(statement)).count();
-        assert_eq!(lwts, 5);
-        // The log is only ever inserted conditionally: no plain write touches it.
+        assert_eq!(lwts, 6);
+        // The log is only ever written conditionally: inserted if the seq is free, or a media
+        // entry's body moved only from the body that was read. No plain write touches it.
         for statement in ALL {
             if table_of(statement) == "messages" && !statement.starts_with("SELECT") {
-                assert!(statement.contains("IF NOT EXISTS"), "{statement}");
+                assert!(
+                    statement.contains("IF NOT EXISTS") || statement.ends_with("IF body = ?"),
+                    "{statement}"
+                );
             }
         }
     }
@@ -424,6 +430,7 @@ mod tests {
             (SELECT_LAST_SEEN, 1),
             (SELECT_SCHEMA_VERSION, 1),
             (UPSERT_SCHEMA_VERSION, 2),
+            (SET_MEDIA_BODY, 5),
         ];
         assert_eq!(expected.len(), ALL.len());
         for (statement, markers) in expected {
