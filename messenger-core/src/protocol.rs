@@ -749,6 +749,55 @@ mod tests {
     }
 
     #[test]
+    fn decodes_a_media_send_strictly() {
+        let frame = decode_client_frame(
+            r#"{"type":"send","conversation":"dm:a:b","client_msg_id":"m2","body":{"kind":"media","name":"cat.png","mime":"image/png","size":1234,"width":640}}"#,
+        )
+        .unwrap();
+        let ClientFrame::Send {
+            body: NewBody::Media(media),
+            ..
+        } = frame
+        else {
+            panic!("expected a media send: {frame:?}");
+        };
+        assert_eq!(
+            (media.size, media.width, media.sha256),
+            (1234, Some(640), None)
+        );
+        let unknown = decode_client_frame(
+            r#"{"type":"send","conversation":"dm:a:b","client_msg_id":"m3","body":{"kind":"media","name":"x","mime":"image/png","size":1,"status":"ready"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            unknown.code,
+            ErrorCode::BadFrame,
+            "a client cannot set the status"
+        );
+        let missing = decode_client_frame(
+            r#"{"type":"send","conversation":"dm:a:b","client_msg_id":"m4","body":{"kind":"media","name":"x","mime":"image/png"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(missing.code, ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn media_bodies_round_trip_with_their_kind() {
+        let body = crate::Body::MediaStatus(Box::new(crate::MediaUpdate {
+            media_seq: Seq(5),
+            status: crate::MediaStatus::Failed,
+            url: None,
+            reason: Some("upload expired".into()),
+        }));
+        let json = serde_json::to_string(&body).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"media_status","media_seq":5,"status":"failed","reason":"upload expired"}"#
+        );
+        assert_eq!(serde_json::from_str::<crate::Body>(&json).unwrap(), body);
+    }
+
+    #[test]
     fn tells_errors_apart() {
         assert_eq!(
             decode_client_frame("{").unwrap_err().code,
