@@ -250,6 +250,7 @@ fn spawn_send_worker<B: Backends>(
                     let node = node.clone();
                     let handle = handle.clone();
                     tokio::spawn(async move {
+                        crate::media::record_pending(&node, &pending.message).await;
                         let (frame, upload) = match node.store_pending(pending).await {
                             Ok(stored) => (
                                 sent_frame(&stored.message, stored.duplicate),

@@ -315,6 +315,30 @@ pub(crate) fn accept<B: Backends>(node: &Node<B>, media: NewMedia) -> Result<Bod
     })))
 }
 
+fn deadline_of(state: &MediaState, message: &Message) -> Timestamp {
+    let ttl = u64::try_from(state.config.ticket_ttl.as_millis()).unwrap_or(u64::MAX);
+    Timestamp(message.sent_at.as_millis().saturating_add(ttl))
+}
+
+/// Records a media entry's upload deadline in the journal. Called before the entry is
+/// appended (so a crash right after the append still leaves a deadline on disk) and again
+/// once it is stored (its seq may have changed on a conflict). A recorded seq that ends up
+/// holding no pending media entry is dropped by the sweeper.
+pub(crate) async fn record_pending<B: Backends>(node: &Node<B>, message: &Message) {
+    let Some(state) = node.media() else { return };
+    if !matches!(&message.body, Body::Media(media) if media.status == MediaStatus::Pending) {
+        return;
+    }
+    let entry = PendingUpload {
+        conversation: message.conversation.clone(),
+        seq: message.seq,
+        deadline: deadline_of(state, message),
+    };
+    if let Err(err) = state.journal.insert(entry).await {
+        tracing::warn!(error = %err, "cannot record a pending upload");
+    }
+}
+
 /// The `upload` frame for a stored media entry still pending (also for a retried send),
 /// after recording the pending upload in the journal. `None` for any other entry.
 pub(crate) async fn upload_frame<B: Backends>(
@@ -328,23 +352,12 @@ pub(crate) async fn upload_frame<B: Backends>(
     if media.status != MediaStatus::Pending {
         return None;
     }
-    let ttl = u64::try_from(state.config.ticket_ttl.as_millis()).unwrap_or(u64::MAX);
-    let expires_at = Timestamp(message.sent_at.as_millis().saturating_add(ttl));
+    let expires_at = deadline_of(state, message);
     if expires_at <= Timestamp::now() {
         // The sweeper fails it; a retried send gets no ticket that is already dead.
         return None;
     }
-    if let Err(err) = state
-        .journal
-        .insert(PendingUpload {
-            conversation: message.conversation.clone(),
-            seq: message.seq,
-            deadline: expires_at,
-        })
-        .await
-    {
-        tracing::warn!(error = %err, "cannot record a pending upload");
-    }
+    record_pending(node, message).await;
     let claims = TicketClaims::new(
         &message.conversation,
         message.seq,
