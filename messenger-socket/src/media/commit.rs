@@ -146,3 +146,131 @@ impl<B: Backends> Node<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use messenger_core::store::{AppendMessage, CreateConversation};
+    use messenger_core::{Conversation, ConversationKind, MediaBody, Member, Role};
+    use messenger_fanout::{Fanout, local::LocalFanout};
+    use messenger_sequencer::{Sequencer, memory::MemorySequencer};
+    use messenger_store::{EmbeddedStore, Store};
+
+    use super::*;
+    use crate::auth::DevAuthenticator;
+    use crate::hub::Hub;
+    use crate::presence::MemoryPresence;
+    use crate::{NodeConfig, Services};
+
+    #[tokio::test]
+    async fn a_status_moves_once_with_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(EmbeddedStore::open(dir.path().join("m.db")).unwrap());
+        let hub = Hub::new();
+        let services = Services {
+            sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
+            fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+            store: store.clone(),
+            auth: DevAuthenticator,
+            presence: MemoryPresence::new(),
+        };
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        let node = Node::new(services, hub, NodeConfig::default())
+            .with_event_sink(Arc::new(move |event| sink.lock().unwrap().push(event)));
+
+        let alice = UserId::new("alice").unwrap();
+        let chat = ConversationId::new("g:media").unwrap();
+        call(
+            &store,
+            CreateConversation {
+                conversation: Conversation {
+                    id: chat.clone(),
+                    kind: ConversationKind::Group,
+                    title: Some("t".into()),
+                    created_by: alice.clone(),
+                    created_at: Timestamp(1),
+                },
+                members: vec![Member {
+                    user: alice.clone(),
+                    role: Role::Owner,
+                }],
+            },
+        )
+        .await
+        .unwrap();
+        let media = |seq: u64| Message {
+            conversation: chat.clone(),
+            seq: Seq(seq),
+            sender: alice.clone(),
+            sender_device: DeviceId::new("phone").unwrap(),
+            client_msg_id: ClientMsgId::new(format!("m{seq}")).unwrap(),
+            sent_at: Timestamp(2),
+            body: Body::Media(Box::new(MediaBody {
+                name: "a.png".into(),
+                mime: "image/png".into(),
+                size: 3,
+                sha256: None,
+                width: None,
+                height: None,
+                duration_ms: None,
+                status: MediaStatus::Pending,
+                url: None,
+                reason: None,
+            })),
+        };
+        for seq in [1, 2] {
+            call(
+                &store,
+                AppendMessage {
+                    message: Arc::new(media(seq)),
+                },
+            )
+            .await
+            .unwrap();
+        }
+
+        let ready = node
+            .commit_media_status(&chat, Seq(1), MediaStatus::Ready, Some("u".into()), None)
+            .await
+            .unwrap();
+        assert!(matches!(ready, Committed::Applied));
+        let failed = node
+            .commit_media_status(&chat, Seq(2), MediaStatus::Failed, None, Some("x".into()))
+            .await
+            .unwrap();
+        assert!(matches!(failed, Committed::Applied));
+        let late = node
+            .commit_media_status(&chat, Seq(2), MediaStatus::Ready, Some("v".into()), None)
+            .await
+            .unwrap();
+        assert!(matches!(late, Committed::Refused(_)), "ready after failed");
+
+        let events = events.lock().unwrap();
+        let ready_events: Vec<_> = events
+            .iter()
+            .filter_map(|event| match event {
+                DomainEvent::MediaReady { message, url } => Some((message.seq, url.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ready_events, vec![(Seq(1), "u".to_owned())]);
+        let failed_events: Vec<_> = events
+            .iter()
+            .filter_map(|event| match event {
+                DomainEvent::MediaFailed { seq, reason, .. } => Some((*seq, reason.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed_events, vec![(Seq(2), "x".to_owned())]);
+        let stored = events
+            .iter()
+            .filter(|event| matches!(event, DomainEvent::MessageStored { .. }))
+            .count();
+        assert_eq!(
+            stored, 2,
+            "one status entry per applied change, none for the refusal"
+        );
+    }
+}
