@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ConversationId, DeviceId, Message, ReceiptKind, Receipts, Timestamp, UserId};
+use crate::{ConversationId, DeviceId, Message, ReceiptKind, Receipts, Seq, Timestamp, UserId};
 
 /// Something to push to the online devices of some users.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,5 +84,21 @@ pub enum DomainEvent {
         device: DeviceId,
         /// When.
         at: Timestamp,
+    },
+    /// A media message's upload finished: the entry is `ready` and `url` serves it.
+    MediaReady {
+        /// The media entry, as stored now.
+        message: Arc<Message>,
+        /// Where its bytes are served.
+        url: String,
+    },
+    /// A media message's upload failed or expired: the entry is `failed`.
+    MediaFailed {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The media entry's seq.
+        seq: Seq,
+        /// Why.
+        reason: String,
     },
 }

@@ -37,7 +37,8 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use event::{DomainEvent, Event};
 pub use id::{ClientMsgId, ConversationId, DeviceId, InvalidId, RequestId, Seq, Timestamp, UserId};
 pub use model::{
-    Body, Conversation, ConversationKind, ConversationSummary, MAX_GROUP_MEMBERS, MAX_TEXT_BYTES,
-    MAX_TITLE_BYTES, Member, Message, ReceiptKind, Receipts, Role,
+    Body, Conversation, ConversationKind, ConversationSummary, MAX_GROUP_MEMBERS,
+    MAX_MEDIA_NAME_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES, MediaBody, MediaStatus, MediaUpdate,
+    Member, Message, ReceiptKind, Receipts, Role,
 };
 pub use service::{Handles, Operation, call};

@@ -106,6 +106,12 @@ pub enum Body {
     },
     /// The seq was allocated but its message was never stored; clients skip it.
     Void,
+    /// An image, video or file. Sequenced as `pending` when sent; its `status` changes in
+    /// place to `ready` (with `url`) or `failed`, and each change is also logged as a
+    /// [`Body::MediaStatus`] entry so devices that already hold the entry learn of it.
+    Media(Box<MediaBody>),
+    /// The media entry at `media_seq` changed status (see `docs/media.md`).
+    MediaStatus(Box<MediaUpdate>),
 }
 
 impl Body {
@@ -120,6 +126,78 @@ impl Body {
                 | Body::RoleChanged { .. }
         )
     }
+}
+
+/// The state of a media message's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaStatus {
+    /// Sequenced; the bytes are being uploaded. Clients show a placeholder.
+    Pending,
+    /// Uploaded and checked: `url` serves the bytes.
+    Ready,
+    /// The upload failed or expired. Clients do not show the message.
+    Failed,
+}
+
+impl MediaStatus {
+    /// A stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaStatus::Pending => "pending",
+            MediaStatus::Ready => "ready",
+            MediaStatus::Failed => "failed",
+        }
+    }
+}
+
+/// A media message: what the sender declared, and the state of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaBody {
+    /// The file name shown to users (at most [`MAX_MEDIA_NAME_BYTES`]).
+    pub name: String,
+    /// The declared type (`image/jpeg`, `video/mp4`, `application/pdf`...).
+    pub mime: String,
+    /// The declared size in bytes; the upload must be exactly this long.
+    pub size: u64,
+    /// The declared SHA-256 of the bytes (64 lower-case hex digits), checked on upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Width in pixels (images, videos).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Height in pixels (images, videos).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Duration in milliseconds (videos, audio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Pending, ready or failed.
+    pub status: MediaStatus,
+    /// Where the bytes are served once `ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Why it failed, once `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The longest media file name, in bytes of UTF-8.
+pub const MAX_MEDIA_NAME_BYTES: usize = 255;
+
+/// A status change of the media entry at `media_seq`, itself an entry of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaUpdate {
+    /// The seq of the media entry that changed.
+    pub media_seq: Seq,
+    /// Its new status (`ready` or `failed`).
+    pub status: MediaStatus,
+    /// The download URL, when `ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Why it failed, when `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A member's role in a group. Direct conversations only have `member`s.

@@ -277,6 +277,45 @@ pub enum NewBody {
         /// The text.
         text: String,
     },
+    /// An image, video or file. Sequenced at once as `pending`; the sender gets an `upload`
+    /// frame with the ticket to upload the bytes (see `docs/media.md`).
+    Media(NewMedia),
+}
+
+/// A media message as the device declares it, before its bytes are uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMedia {
+    /// The file name shown to users (1 to [`crate::MAX_MEDIA_NAME_BYTES`] bytes).
+    pub name: String,
+    /// The type of the bytes (`type/subtype`); checked against their magic bytes on upload.
+    pub mime: String,
+    /// The exact size in bytes (at most [`Limits::max_media_bytes`]).
+    pub size: u64,
+    /// The SHA-256 of the bytes, 64 hex digits; checked on upload when given.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Width in pixels.
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// Height in pixels.
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// Duration in milliseconds.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+}
+
+/// Where and how to upload a media message's bytes: `PUT` (or resume with `HEAD` + `PATCH`)
+/// to `url` with the header `Upload-Ticket: <ticket>` and the user's bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadTicket {
+    /// The upload URL of this message.
+    pub url: String,
+    /// The signed ticket, bound to the message, the user and the declared size and type.
+    pub ticket: String,
+    /// When the ticket expires; the message becomes `failed` if not uploaded by then.
+    pub expires_at: Timestamp,
 }
 
 /// A frame the server sends.
@@ -366,6 +405,18 @@ pub enum ServerFrame {
         conversation: ConversationId,
         /// The seq of the membership entry.
         seq: Seq,
+    },
+    /// Sent to the sending device right after the `sent` of a media message that is still
+    /// `pending` (also on a retried send): where to upload its bytes.
+    Upload {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The key the device sent.
+        client_msg_id: ClientMsgId,
+        /// The media entry's seq.
+        seq: Seq,
+        /// The upload ticket.
+        upload: UploadTicket,
     },
     /// Answer to `history`.
     History {
@@ -487,6 +538,9 @@ pub struct Limits {
     /// many are read at once). A faster device is read more slowly: TCP backpressure, no
     /// error, nothing lost.
     pub frames_per_second: u32,
+    /// Largest media upload, in bytes (`0`: this server takes no media).
+    #[serde(default)]
+    pub max_media_bytes: u64,
 }
 
 impl Default for Limits {
@@ -499,6 +553,7 @@ impl Default for Limits {
             max_users_per_request: MAX_USERS_PER_REQUEST,
             typing_per_second: 4,
             frames_per_second: 200,
+            max_media_bytes: 0,
         }
     }
 }
@@ -691,6 +746,55 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(frame, ClientFrame::Send { .. }));
+    }
+
+    #[test]
+    fn decodes_a_media_send_strictly() {
+        let frame = decode_client_frame(
+            r#"{"type":"send","conversation":"dm:a:b","client_msg_id":"m2","body":{"kind":"media","name":"cat.png","mime":"image/png","size":1234,"width":640}}"#,
+        )
+        .unwrap();
+        let ClientFrame::Send {
+            body: NewBody::Media(media),
+            ..
+        } = frame
+        else {
+            panic!("expected a media send: {frame:?}");
+        };
+        assert_eq!(
+            (media.size, media.width, media.sha256),
+            (1234, Some(640), None)
+        );
+        let unknown = decode_client_frame(
+            r#"{"type":"send","conversation":"dm:a:b","client_msg_id":"m3","body":{"kind":"media","name":"x","mime":"image/png","size":1,"status":"ready"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            unknown.code,
+            ErrorCode::BadFrame,
+            "a client cannot set the status"
+        );
+        let missing = decode_client_frame(
+            r#"{"type":"send","conversation":"dm:a:b","client_msg_id":"m4","body":{"kind":"media","name":"x","mime":"image/png"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(missing.code, ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn media_bodies_round_trip_with_their_kind() {
+        let body = crate::Body::MediaStatus(Box::new(crate::MediaUpdate {
+            media_seq: Seq(5),
+            status: crate::MediaStatus::Failed,
+            url: None,
+            reason: Some("upload expired".into()),
+        }));
+        let json = serde_json::to_string(&body).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"media_status","media_seq":5,"status":"failed","reason":"upload expired"}"#
+        );
+        assert_eq!(serde_json::from_str::<crate::Body>(&json).unwrap(), body);
     }
 
     #[test]

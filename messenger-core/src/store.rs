@@ -272,6 +272,45 @@ impl Operation for GetLastSeen {
     const NAME: &'static str = "get_last_seen";
 }
 
+/// Moves the media entry at `media_seq` out of `pending` and appends `update` (a
+/// [`crate::Body::MediaStatus`] entry, seq already allocated) in the same atomic write.
+///
+/// - Conditional on the media entry: only a `pending` entry moves. When it is `ready` or
+///   `failed` already, nothing is written and the answer has `applied: false` with the entry
+///   as stored (a second completion, or a completion after expiry, is refused this way).
+/// - Conditional on `update.seq` like [`AppendMessage`]: a taken seq is a `Conflict` error and
+///   nothing is written (fence the sequencer and try again with a new seq).
+/// - Repair: when the entry already holds exactly the status and url of `update` but the log
+///   has no entry with `update`'s key (a backend without multi-row transactions was
+///   interrupted between its two writes), the update entry is appended and `applied` is true.
+///
+/// # Errors
+/// `NotFound` when `media_seq` holds no entry; `InvalidRequest` when it is not a media entry
+/// or `update` is not a status entry for it; `Conflict` when `update.seq` is taken.
+///
+/// # Cancellation safety
+/// As [`AppendMessage`]: the write may still land; retrying the same request is safe.
+#[derive(Debug, Clone)]
+pub struct SetMediaStatus {
+    /// The status entry to append; its body is a [`crate::Body::MediaStatus`] naming the
+    /// media entry (`media_seq`) and the new status.
+    pub update: Arc<Message>,
+}
+
+/// The answer to [`SetMediaStatus`].
+#[derive(Debug, Clone)]
+pub struct MediaStatusSet {
+    /// The media entry as stored after the call.
+    pub media: Arc<Message>,
+    /// Whether the status moved and `update` was appended.
+    pub applied: bool,
+}
+
+impl Operation for SetMediaStatus {
+    type Response = MediaStatusSet;
+    const NAME: &'static str = "set_media_status";
+}
+
 /// Every store operation, as one bound: what the socket layer needs from a store.
 pub trait StoreService:
     Handles<AppendMessage>
@@ -287,6 +326,7 @@ pub trait StoreService:
     + Handles<GetReceipts>
     + Handles<SetLastSeen>
     + Handles<GetLastSeen>
+    + Handles<SetMediaStatus>
 {
 }
 
@@ -304,5 +344,6 @@ impl<S> StoreService for S where
         + Handles<GetReceipts>
         + Handles<SetLastSeen>
         + Handles<GetLastSeen>
+        + Handles<SetMediaStatus>
 {
 }

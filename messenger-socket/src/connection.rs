@@ -240,16 +240,28 @@ fn spawn_send_worker<B: Backends>(
                     let node = node.clone();
                     let handle = handle.clone();
                     tokio::spawn(async move {
-                        let frame = match node.store_pending(pending).await {
-                            Ok(stored) => sent_frame(&stored.message, stored.duplicate),
-                            Err(refusal) => send_error(conversation, client_msg_id, refusal),
+                        crate::media::record_pending(&node, &pending.message).await;
+                        let (frame, upload) = match node.store_pending(pending).await {
+                            Ok(stored) => (
+                                sent_frame(&stored.message, stored.duplicate),
+                                crate::media::upload_frame(&node, &stored.message).await,
+                            ),
+                            Err(refusal) => {
+                                (send_error(conversation, client_msg_id, refusal), None)
+                            }
                         };
                         handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+                        if let Some(upload) = upload {
+                            handle.push(Outbound::Frame(Utf8Bytes::from(upload.to_json())));
+                        }
                     });
                 }
                 Ok(Err(stored)) => {
                     let frame = sent_frame(&stored.message, stored.duplicate);
                     handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+                    if let Some(upload) = crate::media::upload_frame(&node, &stored.message).await {
+                        handle.push(Outbound::Frame(Utf8Bytes::from(upload.to_json())));
+                    }
                 }
                 Err(refusal) => {
                     let frame = send_error(conversation, client_msg_id, refusal);
@@ -935,6 +947,7 @@ impl<B: Backends> Connection<B> {
                             Ok(Body::Text { text })
                         }
                     }
+                    NewBody::Media(media) => crate::media::accept(&node, media),
                     _ => Err(Refusal::new(ErrorCode::InvalidRequest, "unsupported body")),
                 };
                 let refusal = match body {

@@ -11,6 +11,7 @@
 //! - [`hub::Hub`] is the node's registry of local connections; the local fanout delivers
 //!   through it.
 //! - [`auth`]: dev tokens and signed tokens (JWT). [`presence`]: the memory registry.
+//! - [`media`]: media messages: upload tickets, the upload and download endpoints, expiry.
 //! - `client` (feature `client`): the Rust client with outbox, resume and gap filling.
 //!
 //! A node on the embedded backends, serving one connection over an in-memory pipe (a real
@@ -62,6 +63,7 @@ pub mod client;
 mod connection;
 pub mod hub;
 pub mod members;
+pub mod media;
 mod node;
 pub mod presence;
 mod server;

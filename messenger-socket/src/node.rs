@@ -180,6 +180,7 @@ pub(crate) struct NodeInner<B> {
     presence_feed: tokio::sync::OnceCell<()>,
     pub(crate) shutdown: watch::Sender<bool>,
     events: Option<EventSink>,
+    media: Option<Arc<crate::media::MediaState>>,
 }
 
 /// Why an operation was refused: the code and message of the error frame.
@@ -245,6 +246,7 @@ impl<B: Backends> Node<B> {
                 presence_feed: tokio::sync::OnceCell::new(),
                 shutdown,
                 events: None,
+                media: None,
             }),
         }
     }
@@ -259,6 +261,29 @@ impl<B: Backends> Node<B> {
             inner.events = Some(sink);
         }
         self
+    }
+
+    /// Takes media messages (see [`crate::media`]): uploads staged under `config.dir`,
+    /// objects kept in `storage`. Announces `config.max_bytes` as the media limit.
+    ///
+    /// Call it before cloning the node (later calls on a shared node are ignored).
+    ///
+    /// # Errors
+    /// When the staging or journal directories cannot be created or read.
+    pub fn with_media(
+        mut self,
+        config: crate::media::MediaConfig,
+        storage: Arc<dyn crate::media::ObjectStore>,
+    ) -> std::io::Result<Self> {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.config.limits.max_media_bytes = config.max_bytes;
+            inner.media = Some(Arc::new(crate::media::MediaState::open(config, storage)?));
+        }
+        Ok(self)
+    }
+
+    pub(crate) fn media(&self) -> Option<&crate::media::MediaState> {
+        self.inner.media.as_deref()
     }
 
     /// The node's config.

@@ -57,6 +57,7 @@ struct AppState<B> {
 pub struct Server<B> {
     state: Arc<AppState<B>>,
     config: ServerConfig,
+    routes: Router,
 }
 
 impl<B> std::fmt::Debug for Server<B> {
@@ -81,7 +82,15 @@ impl<B: Backends> Server<B> {
                 websocket,
             }),
             config,
+            routes: Router::new(),
         }
+    }
+
+    /// Also serves `routes` (for example [`crate::media::router`]).
+    #[must_use]
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.routes = self.routes.merge(routes);
+        self
     }
 
     /// The routes, to serve as is or merge into a larger axum app.
@@ -91,6 +100,7 @@ impl<B: Backends> Server<B> {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready::<B>))
             .with_state(Arc::clone(&self.state))
+            .merge(self.routes.clone())
     }
 
     /// How many WebSocket connections are open.

@@ -24,12 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use messenger_core::store::{
     AppendMessage, Appended, CreateConversation, FindMessage, GetConversation, GetHead,
-    GetLastSeen, GetReceipts, MessagePage, ReadBefore, ReadRange, SetLastSeen, StoreService,
-    UpdateReceipt, UserConversations, VoidSeq,
+    GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore, ReadRange, SetLastSeen,
+    SetMediaStatus, StoreService, UpdateReceipt, UserConversations, VoidSeq,
 };
 use messenger_core::{
     Body, ClientMsgId, Conversation, ConversationId, ConversationKind, DeviceId, Error, ErrorKind,
-    Member, Message, ReceiptKind, Role, Seq, Timestamp, UserId, call,
+    MediaBody, MediaStatus, MediaUpdate, Member, Message, ReceiptKind, Role, Seq, Timestamp,
+    UserId, call,
 };
 
 /// Runs every behaviour test of this module on `store`.
@@ -49,6 +50,8 @@ pub async fn run_all<S: StoreService>(store: &S) {
     last_seen_is_monotonic(store).await;
     user_conversations_report_unread(store).await;
     create_conversation_is_idempotent(store).await;
+    media_moves_once_from_pending(store).await;
+    media_status_is_conditional(store).await;
 }
 
 /// A suffix no other run of the suite uses: process id, clock and a counter.
@@ -1160,4 +1163,163 @@ pub async fn two_stores_race_for_the_same_seqs<S: StoreService>(first: &S, secon
         RETRIES - 1,
         "the other retries' seqs are void"
     );
+}
+
+fn media(conversation: &ConversationId, seq: u64, sender: &UserId) -> Arc<Message> {
+    let body = Body::Media(Box::new(MediaBody {
+        name: "cat.png".to_owned(),
+        mime: "image/png".to_owned(),
+        size: 1234,
+        sha256: None,
+        width: Some(640),
+        height: Some(480),
+        duration_ms: None,
+        status: MediaStatus::Pending,
+        url: None,
+        reason: None,
+    }));
+    entry(conversation, seq, sender, &format!("media-{seq}"), body)
+}
+
+fn media_update(
+    conversation: &ConversationId,
+    seq: u64,
+    media_seq: u64,
+    status: MediaStatus,
+    url: Option<&str>,
+) -> Arc<Message> {
+    let sender = UserId::new("system").expect("a valid user id");
+    let body = Body::MediaStatus(Box::new(MediaUpdate {
+        media_seq: Seq(media_seq),
+        status,
+        url: url.map(str::to_owned),
+        reason: (status == MediaStatus::Failed).then(|| "upload expired".to_owned()),
+    }));
+    entry(
+        conversation,
+        seq,
+        &sender,
+        &format!("media-status:{media_seq}"),
+        body,
+    )
+}
+
+async fn set_media_status<S: StoreService>(
+    store: &S,
+    update: &Arc<Message>,
+) -> Result<MediaStatusSet, Error> {
+    call(
+        store,
+        SetMediaStatus {
+            update: Arc::clone(update),
+        },
+    )
+    .await
+}
+
+fn media_status_of(message: &Message) -> (MediaStatus, Option<String>) {
+    match &message.body {
+        Body::Media(body) => (body.status, body.url.clone()),
+        other => panic!("seq {} is not media: {other:?}", message.seq),
+    }
+}
+
+/// A pending media entry moves to `ready` once: the status entry is appended at its seq and
+/// the media entry reads `ready` with its url; a second completion and a failure after it
+/// are refused and write nothing.
+pub async fn media_moves_once_from_pending<S: StoreService>(store: &S) {
+    let alice = user("alice");
+    let chat = group_id();
+    append(store, &media(&chat, 1, &alice)).await;
+    append(store, &text(&chat, 2, &alice, "after")).await;
+
+    let ready = media_update(&chat, 3, 1, MediaStatus::Ready, Some("https://cdn/x/1"));
+    let set = set_media_status(store, &ready)
+        .await
+        .expect("pending media moves to ready");
+    assert!(set.applied, "the first completion applies");
+    assert_eq!(
+        media_status_of(&set.media),
+        (MediaStatus::Ready, Some("https://cdn/x/1".to_owned()))
+    );
+    let stored = entry_at(store, &chat, 1).await.expect("the media entry");
+    assert_eq!(
+        media_status_of(&stored),
+        (MediaStatus::Ready, Some("https://cdn/x/1".to_owned())),
+        "the entry changed in place"
+    );
+    assert_eq!(stored.seq, Seq(1), "the media entry keeps its place");
+    assert_eq!(entry_at(store, &chat, 3).await.as_deref(), Some(&*ready));
+    assert_eq!(head(store, &chat).await, Seq(3));
+
+    // The same completion again (a retried upload): refused, nothing new.
+    let again = media_update(&chat, 4, 1, MediaStatus::Ready, Some("https://cdn/x/1"));
+    let set = set_media_status(store, &again)
+        .await
+        .expect("a second completion answers");
+    assert!(!set.applied, "a second completion is refused");
+    assert!(
+        entry_at(store, &chat, 4).await.is_none(),
+        "nothing appended"
+    );
+
+    // A failure after ready: refused, the entry stays ready.
+    let failed = media_update(&chat, 4, 1, MediaStatus::Failed, None);
+    let set = set_media_status(store, &failed)
+        .await
+        .expect("a late failure answers");
+    assert!(!set.applied);
+    assert_eq!(media_status_of(&set.media).0, MediaStatus::Ready);
+    assert!(
+        entry_at(store, &chat, 4).await.is_none(),
+        "nothing appended"
+    );
+    assert_eq!(head(store, &chat).await, Seq(3));
+}
+
+/// A failed entry never becomes ready; a taken update seq is a `Conflict` that moves
+/// nothing; non-media and missing entries are refused.
+pub async fn media_status_is_conditional<S: StoreService>(store: &S) {
+    let alice = user("alice");
+    let chat = group_id();
+    append(store, &media(&chat, 1, &alice)).await;
+    append(store, &text(&chat, 2, &alice, "taken")).await;
+
+    // The update's seq is taken: Conflict, and the media entry is still pending.
+    let clash = media_update(&chat, 2, 1, MediaStatus::Failed, None);
+    let err = set_media_status(store, &clash)
+        .await
+        .expect_err("seq 2 is taken");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    let stored = entry_at(store, &chat, 1).await.expect("the media entry");
+    assert_eq!(media_status_of(&stored).0, MediaStatus::Pending);
+
+    let failed = media_update(&chat, 3, 1, MediaStatus::Failed, None);
+    let set = set_media_status(store, &failed).await.expect("expiry");
+    assert!(set.applied);
+    assert_eq!(media_status_of(&set.media).0, MediaStatus::Failed);
+    let stored = entry_at(store, &chat, 1).await.expect("the media entry");
+    assert_eq!(media_status_of(&stored).0, MediaStatus::Failed);
+
+    // A late completion after failed: refused, nothing written.
+    let late = media_update(&chat, 4, 1, MediaStatus::Ready, Some("https://cdn/x/late"));
+    let set = set_media_status(store, &late)
+        .await
+        .expect("a late completion answers");
+    assert!(!set.applied, "ready after failed is refused");
+    assert_eq!(media_status_of(&set.media).0, MediaStatus::Failed);
+    assert!(entry_at(store, &chat, 4).await.is_none());
+
+    // Not a media entry, and no entry at all.
+    let on_text = media_update(&chat, 4, 2, MediaStatus::Ready, Some("https://cdn/x/2"));
+    let err = set_media_status(store, &on_text)
+        .await
+        .expect_err("seq 2 is text");
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+    let on_nothing = media_update(&chat, 4, 99, MediaStatus::Ready, Some("https://cdn/x/99"));
+    let err = set_media_status(store, &on_nothing)
+        .await
+        .expect_err("seq 99 is empty");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(entry_at(store, &chat, 4).await.is_none());
 }

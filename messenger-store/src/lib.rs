@@ -58,8 +58,9 @@ use std::sync::Arc;
 use messenger_core::sequencer::SeqFloor;
 use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
-    GetConversation, GetHead, GetLastSeen, GetReceipts, MessagePage, ReadBefore, ReadRange,
-    ReceiptUpdated, SetLastSeen, UpdateReceipt, UserConversations, VoidSeq,
+    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
+    ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
+    VoidSeq,
 };
 use messenger_core::{
     ConversationId, ConversationSummary, Error, Message, Receipts, Seq, Timestamp, UserId,
@@ -68,6 +69,7 @@ use messenger_core::{
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+mod media;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "scylla")]
@@ -200,6 +202,18 @@ pub trait StoreBackend: Send + Sync + 'static {
         &self,
         request: GetLastSeen,
     ) -> impl Future<Output = Result<Vec<(UserId, Option<Timestamp>)>, Error>> + Send;
+
+    /// Moves a pending media entry to `ready` or `failed` and appends the status entry, in
+    /// one conditional write ([`SetMediaStatus`]).
+    ///
+    /// # Errors
+    /// `NotFound` when the media seq holds nothing; `InvalidRequest` when it is not a media
+    /// entry; `Conflict` when the update's seq is taken; `Unavailable` when the storage cannot
+    /// be written.
+    fn set_media_status(
+        &self,
+        request: SetMediaStatus,
+    ) -> impl Future<Output = Result<MediaStatusSet, Error>> + Send;
 }
 
 /// The store as tower services: [`tower::Service`] for every request of
@@ -256,6 +270,7 @@ messenger_core::forward_service!(Store<B: StoreBackend>, UpdateReceipt => update
 messenger_core::forward_service!(Store<B: StoreBackend>, GetReceipts => receipts);
 messenger_core::forward_service!(Store<B: StoreBackend>, SetLastSeen => set_last_seen);
 messenger_core::forward_service!(Store<B: StoreBackend>, GetLastSeen => last_seen);
+messenger_core::forward_service!(Store<B: StoreBackend>, SetMediaStatus => set_media_status);
 
 /// The sequencer's floor is the store's head: numbers never repeat after a restart.
 impl<B: StoreBackend> SeqFloor for Store<B> {

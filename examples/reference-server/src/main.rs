@@ -16,6 +16,7 @@ use messenger_fanout::{Fanout, local::LocalFanout};
 use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator, JwtAuthenticator};
 use messenger_socket::hub::Hub;
+use messenger_socket::media::{self, MediaConfig};
 use messenger_socket::presence::MemoryPresence;
 use messenger_socket::{Node, NodeConfig, Server, ServerConfig, Services};
 use messenger_store::mysql::MysqlStore;
@@ -121,6 +122,40 @@ struct Args {
     /// A connection is dropped when writing to it stalls this long, in milliseconds.
     #[arg(long, env = "MESSENGER_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     write_timeout_ms: u64,
+
+    /// Directory for staged media uploads and pending-upload records (default:
+    /// `<data-dir>/media`; local media objects go to its `objects/` subdirectory).
+    #[arg(long, env = "MESSENGER_MEDIA_DIR")]
+    media_dir: Option<PathBuf>,
+
+    /// Where media objects are kept: `local` (under --media-dir) or, with the `s3` feature,
+    /// `s3://BUCKET?endpoint=http://HOST:PORT&region=REGION` (credentials from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "MESSENGER_MEDIA_STORE", default_value = "local")]
+    media_store: String,
+
+    /// Largest media upload, in bytes.
+    #[arg(long, env = "MESSENGER_MEDIA_MAX_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    media_max_bytes: u64,
+
+    /// How long an upload ticket is valid, in milliseconds; a media message not uploaded by
+    /// then becomes `failed`.
+    #[arg(long, env = "MESSENGER_MEDIA_TICKET_TTL_MS", default_value_t = 15 * 60 * 1000)]
+    media_ticket_ttl_ms: u64,
+
+    /// How often expired uploads are looked for, in milliseconds.
+    #[arg(long, env = "MESSENGER_MEDIA_SWEEP_MS", default_value_t = 1000)]
+    media_sweep_ms: u64,
+
+    /// The HS256 secret of upload tickets (default: random per process, so tickets do not
+    /// survive a restart; set it to let uploads resume across restarts).
+    #[arg(long, env = "MESSENGER_MEDIA_SECRET", hide_env_values = true)]
+    media_secret: Option<String>,
+
+    /// The base of the upload and download URLs given to clients (default:
+    /// `http://<listen address>`).
+    #[arg(long, env = "MESSENGER_PUBLIC_URL")]
+    public_url: Option<String>,
 
     /// Log format.
     #[arg(long, env = "MESSENGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -276,23 +311,45 @@ async fn serve<B: StoreBackend>(
         auth,
         presence: cluster.presence.clone(),
     };
-    let node = Node::new(services, hub, config).with_event_sink(Arc::new(move |event| {
-        if let Some(events) = &events {
-            events.publish(event.clone());
-        }
-        bus.publish(event);
-    }));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|err| format!("cannot listen on {}: {err}", args.listen))?;
+    let address = listener.local_addr()?;
+
+    let media_dir = args
+        .media_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("media"));
+    let mut media_config = MediaConfig::new(
+        &media_dir,
+        args.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}")),
+    );
+    media_config.max_bytes = args.media_max_bytes;
+    media_config.ticket_ttl = Duration::from_millis(args.media_ticket_ttl_ms);
+    media_config.sweep_interval = Duration::from_millis(args.media_sweep_ms.max(1));
+    media_config.secret = args
+        .media_secret
+        .as_ref()
+        .map(|secret| secret.as_bytes().to_vec());
+    let storage = media_storage(&args.media_store, &media_dir)?;
+    let node = Node::new(services, hub, config)
+        .with_event_sink(Arc::new(move |event| {
+            if let Some(events) = &events {
+                events.publish(event.clone());
+            }
+            bus.publish(event);
+        }))
+        .with_media(media_config, storage)
+        .map_err(|err| format!("cannot use {} for media: {err}", media_dir.display()))?;
+    tokio::spawn(media::run_sweeper(node.clone()));
     let stats_node = node.clone();
 
     let mut server_config = ServerConfig::default();
     server_config.max_connections = args.max_connections;
     server_config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
-    let server = Server::new(node, server_config);
-
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|err| format!("cannot listen on {}: {err}", args.listen))?;
-    let address = listener.local_addr()?;
+    let server = Server::new(node.clone(), server_config).with_routes(media::router(&node));
     tracing::info!(%address, node = %node_id, "listening");
     // Tests and scripts read this line to find the port.
     println!("listening on {address}");
@@ -497,6 +554,31 @@ async fn kafka(
         AnyFanout::Kafka(fanout),
         Some(Arc::new(EventStream::Kafka(events))),
     ))
+}
+
+/// `--media-store`: `local`, or `s3://...` with the `s3` feature.
+fn media_storage(
+    spec: &str,
+    media_dir: &std::path::Path,
+) -> Result<Arc<dyn media::ObjectStore>, Box<dyn std::error::Error>> {
+    if spec == "local" {
+        let objects = media_dir.join("objects");
+        return media::local_storage(&objects).map_err(|err| {
+            format!("cannot use {} for media objects: {err}", objects.display()).into()
+        });
+    }
+    if spec.starts_with("s3://") {
+        #[cfg(feature = "s3")]
+        {
+            return media::s3_storage(spec)
+                .map_err(|err| format!("cannot use the S3 media store: {err}").into());
+        }
+        #[cfg(not(feature = "s3"))]
+        {
+            return Err("this build has no S3 support: build with `cargo build --release -p reference-server --features s3`".into());
+        }
+    }
+    Err("--media-store must be `local` or an s3:// URL".into())
 }
 
 async fn shutdown_signal() {

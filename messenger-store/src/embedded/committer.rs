@@ -10,7 +10,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use messenger_core::store::{
-    Appended, CreateConversation, Created, ReceiptUpdated, SetLastSeen, UpdateReceipt, VoidSeq,
+    Appended, CreateConversation, Created, MediaStatusSet, ReceiptUpdated, SetLastSeen,
+    SetMediaStatus, UpdateReceipt, VoidSeq,
 };
 use messenger_core::{Body, Message, ReceiptKind, Receipts, Role, Seq, Timestamp};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -27,6 +28,7 @@ pub(crate) enum WriteOp {
     CreateConversation(CreateConversation),
     UpdateReceipt(UpdateReceipt),
     SetLastSeen(SetLastSeen),
+    SetMediaStatus(SetMediaStatus),
 }
 
 /// The outcome of one write, sent once its transaction committed.
@@ -37,6 +39,7 @@ pub(crate) enum Written {
     Created(Created),
     ReceiptUpdated(ReceiptUpdated),
     LastSeen(Timestamp),
+    MediaStatusSet(MediaStatusSet),
 }
 
 /// A write with the channel its outcome goes back on.
@@ -147,6 +150,9 @@ fn apply(conn: &Connection, op: &WriteOp, now: Timestamp) -> Result<Written, Emb
             update_receipt(conn, request).map(Written::ReceiptUpdated)
         }
         WriteOp::SetLastSeen(request) => set_last_seen(conn, request).map(Written::LastSeen),
+        WriteOp::SetMediaStatus(request) => {
+            set_media_status(conn, request).map(Written::MediaStatusSet)
+        }
     }
 }
 
@@ -402,4 +408,76 @@ fn set_last_seen(conn: &Connection, request: &SetLastSeen) -> Result<Timestamp, 
             |row| row.get(0),
         )?;
     Ok(Timestamp(codec::from_sql("at", at)?))
+}
+
+fn set_media_status(
+    conn: &Connection,
+    request: &SetMediaStatus,
+) -> Result<MediaStatusSet, EmbeddedError> {
+    let update = &request.update;
+    let media_seq = crate::media::media_seq_of(update)?;
+    let conversation = update.conversation.as_str();
+    let Some(media) = codec::message_at(conn, conversation, to_sql("seq", media_seq.get())?)?
+    else {
+        return Err(EmbeddedError::Media(crate::media::MediaRefusal::NoEntry(
+            media_seq,
+        )));
+    };
+    match crate::media::decide(&media, update)? {
+        crate::media::Decision::Refuse => Ok(MediaStatusSet {
+            media: Arc::new(media),
+            applied: false,
+        }),
+        crate::media::Decision::Repair => {
+            if codec::message_by_key(
+                conn,
+                conversation,
+                update.sender.as_str(),
+                update.client_msg_id.as_str(),
+            )?
+            .is_some()
+            {
+                return Ok(MediaStatusSet {
+                    media: Arc::new(media),
+                    applied: false,
+                });
+            }
+            insert_update(conn, update)?;
+            Ok(MediaStatusSet {
+                media: Arc::new(media),
+                applied: true,
+            })
+        }
+        crate::media::Decision::Apply(moved) => {
+            insert_update(conn, update)?;
+            conn.prepare_cached(
+                "UPDATE messages SET body = ?3 WHERE conversation = ?1 AND seq = ?2",
+            )?
+            .execute(params![
+                conversation,
+                to_sql("seq", media_seq.get())?,
+                serde_json::to_string(&moved.body)?,
+            ])?;
+            Ok(MediaStatusSet {
+                media: Arc::new(moved),
+                applied: true,
+            })
+        }
+    }
+}
+
+fn insert_update(conn: &Connection, update: &Message) -> Result<(), EmbeddedError> {
+    if update.seq == Seq::ZERO {
+        return Err(EmbeddedError::OutOfRange {
+            what: "seq",
+            value: 0,
+        });
+    }
+    if !insert_message(conn, update)? {
+        return Err(EmbeddedError::SeqTaken {
+            conversation: update.conversation.clone(),
+            seq: update.seq,
+        });
+    }
+    Ok(())
 }

@@ -35,6 +35,8 @@ pub(crate) enum EmbeddedError {
     Spawn(#[source] std::io::Error),
     #[error("a read task failed")]
     ReadTask(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaRefusal),
     #[error("the batch was not committed: {0}")]
     BatchFailed(#[source] std::sync::Arc<rusqlite::Error>),
 }
@@ -46,6 +48,7 @@ impl EmbeddedError {
             EmbeddedError::PastHead { .. } | EmbeddedError::OutOfRange { .. } => {
                 ErrorKind::InvalidRequest
             }
+            EmbeddedError::Media(refusal) => refusal.kind(),
             EmbeddedError::Sqlite(err) => sqlite_kind(err),
             EmbeddedError::BatchFailed(err) => sqlite_kind(err),
             EmbeddedError::CommitterGone | EmbeddedError::Spawn(_) => ErrorKind::Unavailable,

@@ -33,8 +33,9 @@ use std::thread::JoinHandle;
 
 use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
-    GetConversation, GetHead, GetLastSeen, GetReceipts, MessagePage, ReadBefore, ReadRange,
-    ReceiptUpdated, SetLastSeen, UpdateReceipt, UserConversations, VoidSeq,
+    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
+    ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
+    VoidSeq,
 };
 use messenger_core::{ConversationSummary, Error, Message, Receipts, Seq, Timestamp, UserId};
 use rusqlite::{Connection, OpenFlags};
@@ -256,5 +257,12 @@ impl StoreBackend for EmbeddedStore {
     ) -> Result<Vec<(UserId, Option<Timestamp>)>, Error> {
         self.read(move |conn| reader::last_seen(conn, request.users))
             .await
+    }
+
+    async fn set_media_status(&self, request: SetMediaStatus) -> Result<MediaStatusSet, Error> {
+        match self.write(WriteOp::SetMediaStatus(request)).await? {
+            Written::MediaStatusSet(set) => Ok(set),
+            _ => Err(mismatched()),
+        }
     }
 }

@@ -31,6 +31,8 @@ pub(crate) enum MysqlError {
     },
     #[error("{what} {value} is out of the store's integer range")]
     OutOfRange { what: &'static str, value: u64 },
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaRefusal),
     #[error("mysql: {0}")]
     Mysql(#[from] mysql_async::Error),
     #[error("a stored row cannot be decoded: {0}")]
@@ -78,6 +80,7 @@ impl MysqlError {
             MysqlError::PastHead { .. } | MysqlError::OutOfRange { .. } => {
                 ErrorKind::InvalidRequest
             }
+            MysqlError::Media(refusal) => refusal.kind(),
             MysqlError::Mysql(err) => mysql_kind(err),
             MysqlError::ConnectTimeout(_) | MysqlError::MigrationLock => ErrorKind::Unavailable,
             MysqlError::Corrupt(_)

@@ -36,8 +36,9 @@ use std::sync::Arc;
 
 use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
-    GetConversation, GetHead, GetLastSeen, GetReceipts, MessagePage, ReadBefore, ReadRange,
-    ReceiptUpdated, SetLastSeen, UpdateReceipt, UserConversations, VoidSeq,
+    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
+    ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
+    VoidSeq,
 };
 use messenger_core::{
     Body, ConversationSummary, Error, ErrorKind, Member, Message, ReceiptKind, Receipts, Role, Seq,
@@ -405,6 +406,87 @@ impl MysqlStore {
         }
     }
 
+    async fn media_status_once(
+        &self,
+        request: &SetMediaStatus,
+    ) -> Result<MediaStatusSet, MysqlError> {
+        let update = &request.update;
+        let media_seq = crate::media::media_seq_of(update)?;
+        let conversation = update.conversation.as_str();
+        let mut tx = self.pool.start_transaction(TxOpts::default()).await?;
+        // The row lock orders concurrent completions of one media entry.
+        let row: Option<Row> = tx
+            .exec_first(
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages \
+                     WHERE conversation = ? AND seq = ? FOR UPDATE"
+                ),
+                (conversation, checked("seq", media_seq.get())?),
+            )
+            .await?;
+        let Some(mut row) = row else {
+            tx.rollback().await?;
+            return Err(crate::media::MediaRefusal::NoEntry(media_seq).into());
+        };
+        let media = codec::decode_message(&mut row)?;
+        let (media, applied) = match crate::media::decide(&media, update)? {
+            crate::media::Decision::Refuse => (media, false),
+            crate::media::Decision::Repair => {
+                let logged = codec::message_by_key(
+                    &mut tx,
+                    conversation,
+                    update.sender.as_str(),
+                    update.client_msg_id.as_str(),
+                )
+                .await?;
+                if logged.is_some() {
+                    (media, false)
+                } else {
+                    self.insert_update(&mut tx, update).await?;
+                    (media, true)
+                }
+            }
+            crate::media::Decision::Apply(moved) => {
+                self.insert_update(&mut tx, update).await?;
+                tx.exec_drop(
+                    "UPDATE messages SET body = ? WHERE conversation = ? AND seq = ?",
+                    (
+                        serde_json::to_vec(&moved.body)?,
+                        conversation,
+                        checked("seq", media_seq.get())?,
+                    ),
+                )
+                .await?;
+                (moved, true)
+            }
+        };
+        tx.commit().await?;
+        Ok(MediaStatusSet {
+            media: Arc::new(media),
+            applied,
+        })
+    }
+
+    async fn insert_update(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        update: &Message,
+    ) -> Result<(), MysqlError> {
+        if update.seq == Seq::ZERO {
+            return Err(MysqlError::OutOfRange {
+                what: "seq",
+                value: 0,
+            });
+        }
+        if !insert_if_free(tx, update).await? {
+            return Err(MysqlError::SeqTaken {
+                conversation: update.conversation.clone(),
+                seq: update.seq,
+            });
+        }
+        Ok(())
+    }
+
     /// Reads a page of messages with the head in the same statement (one snapshot), and the
     /// head alone when the page is empty.
     async fn page(
@@ -769,6 +851,10 @@ impl StoreBackend for MysqlStore {
 
     async fn set_last_seen(&self, request: SetLastSeen) -> Result<Timestamp, Error> {
         self.write(|| self.last_seen_once(&request)).await
+    }
+
+    async fn set_media_status(&self, request: SetMediaStatus) -> Result<MediaStatusSet, Error> {
+        self.write(|| self.media_status_once(&request)).await
     }
 
     async fn last_seen(

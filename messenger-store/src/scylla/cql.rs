@@ -47,6 +47,11 @@ pub(crate) const SELECT_BEFORE: &str = "SELECT conversation, seq, sender, sender
      WHERE conversation = ? AND bucket = ? AND seq <= ? \
      ORDER BY seq DESC LIMIT ?";
 
+/// Moves a media entry's body out of `pending` (LWT, `S` then `C`): only if the body is
+/// still the pending one that was read.
+pub(crate) const SET_MEDIA_BODY: &str = "UPDATE messages SET body = ? \
+     WHERE conversation = ? AND bucket = ? AND seq = ? IF body = ?";
+
 /// Claims an idempotency key for a seq (LWT, `S` then `C`). Not applied: the answer carries
 /// the seq the key was given before.
 pub(crate) const CLAIM_KEY: &str = "INSERT INTO message_keys \
@@ -138,7 +143,9 @@ pub(crate) const UPSERT_SCHEMA_VERSION: &str =
 
 /// Whether a statement is a lightweight transaction (runs Paxos at the serial consistency).
 fn is_lwt(statement: &str) -> bool {
-    statement.contains(" IF NOT EXISTS") || statement.contains(" IF seq = ")
+    statement.contains(" IF NOT EXISTS")
+        || statement.contains(" IF seq = ")
+        || statement.contains(" IF body = ")
 }
 
 /// Every statement of the store, prepared on one session with its consistency levels.
@@ -168,6 +175,7 @@ pub(crate) struct Statements {
     pub(crate) select_receipts: PreparedStatement,
     pub(crate) raise_last_seen: PreparedStatement,
     pub(crate) select_last_seen: PreparedStatement,
+    pub(crate) set_media_body: PreparedStatement,
 }
 
 impl Statements {
@@ -202,6 +210,7 @@ impl Statements {
             select_receipts: prepare(SELECT_RECEIPTS).await?,
             raise_last_seen: prepare(RAISE_LAST_SEEN).await?,
             select_last_seen: prepare(SELECT_LAST_SEEN).await?,
+            set_media_body: prepare(SET_MEDIA_BODY).await?,
         })
     }
 }
@@ -227,7 +236,7 @@ pub(crate) async fn prepare(
 mod tests {
     use super::*;
 
-    const ALL: [&str; 26] = [
+    const ALL: [&str; 27] = [
         INSERT_MESSAGE,
         SELECT_MESSAGE,
         SELECT_RANGE,
@@ -254,6 +263,7 @@ mod tests {
         SELECT_LAST_SEEN,
         SELECT_SCHEMA_VERSION,
         UPSERT_SCHEMA_VERSION,
+        SET_MEDIA_BODY,
     ];
 
     /// The tables of the schema file, with their key columns (partition key first).
@@ -331,22 +341,28 @@ mod tests {
         assert!(INSERT_CONVERSATION.ends_with("IF NOT EXISTS"));
         assert!(MOVE_KEY.ends_with("IF seq = ?"));
         assert!(RELEASE_KEY.ends_with("IF seq = ?"));
+        assert!(SET_MEDIA_BODY.ends_with("IF body = ?"));
         for statement in [
             INSERT_MESSAGE,
             CLAIM_KEY,
             MOVE_KEY,
             RELEASE_KEY,
             INSERT_CONVERSATION,
+            SET_MEDIA_BODY,
         ] {
             assert!(is_lwt(statement), "{statement}");
         }
         // Nothing else pays for Paxos.
         let lwts = ALL.iter().filter(|statement| is_lwt(statement)).count();
-        assert_eq!(lwts, 5);
-        // The log is only ever inserted conditionally: no plain write touches it.
+        assert_eq!(lwts, 6);
+        // The log is only ever written conditionally: inserted if the seq is free, or a media
+        // entry's body moved only from the body that was read. No plain write touches it.
         for statement in ALL {
             if table_of(statement) == "messages" && !statement.starts_with("SELECT") {
-                assert!(statement.contains("IF NOT EXISTS"), "{statement}");
+                assert!(
+                    statement.contains("IF NOT EXISTS") || statement.ends_with("IF body = ?"),
+                    "{statement}"
+                );
             }
         }
     }
@@ -414,6 +430,7 @@ mod tests {
             (SELECT_LAST_SEEN, 1),
             (SELECT_SCHEMA_VERSION, 1),
             (UPSERT_SCHEMA_VERSION, 2),
+            (SET_MEDIA_BODY, 5),
         ];
         assert_eq!(expected.len(), ALL.len());
         for (statement, markers) in expected {

@@ -37,6 +37,8 @@ pub(crate) enum ScyllaError {
     NewSession(Box<NewSessionError>),
     #[error("scylla: {0}")]
     UseKeyspace(Box<UseKeyspaceError>),
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaRefusal),
     #[error("a stored row cannot be decoded: {0}")]
     Corrupt(String),
     #[error("a message body cannot be encoded or decoded")]
@@ -116,6 +118,7 @@ impl ScyllaError {
     fn kind(&self) -> ErrorKind {
         match self {
             ScyllaError::SeqTaken { .. } => ErrorKind::Conflict,
+            ScyllaError::Media(refusal) => refusal.kind(),
             ScyllaError::PastHead { .. } | ScyllaError::OutOfRange { .. } => {
                 ErrorKind::InvalidRequest
             }

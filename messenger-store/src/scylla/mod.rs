@@ -91,8 +91,9 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
-    GetConversation, GetHead, GetLastSeen, GetReceipts, MessagePage, ReadBefore, ReadRange,
-    ReceiptUpdated, SetLastSeen, UpdateReceipt, UserConversations, VoidSeq,
+    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
+    ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
+    VoidSeq,
 };
 use messenger_core::{
     Body, ConversationSummary, Error, Member, Message, ReceiptKind, Receipts, Role, Seq, Timestamp,
@@ -586,6 +587,62 @@ impl ScyllaStore {
         })
     }
 
+    /// [`SetMediaStatus`]: the media entry moves first (a conditional update of its body:
+    /// the single point where concurrent completions are decided), then the status entry is
+    /// appended like any message. When the append is refused (`Conflict`), the caller's retry
+    /// with a new seq finds the entry moved to the same outcome and appends the status entry
+    /// then (the repair case).
+    async fn media_status(&self, request: &SetMediaStatus) -> Result<MediaStatusSet, ScyllaError> {
+        let update = &request.update;
+        let media_seq = crate::media::media_seq_of(update)?;
+        let conversation = update.conversation.as_str();
+        for _ in 0..CLAIM_ROUNDS {
+            let media = self
+                .message_at(conversation, media_seq.get())
+                .await?
+                .ok_or(crate::media::MediaRefusal::NoEntry(media_seq))?;
+            match crate::media::decide(&media, update)? {
+                crate::media::Decision::Refuse => {
+                    return Ok(MediaStatusSet {
+                        media: Arc::new(media),
+                        applied: false,
+                    });
+                }
+                crate::media::Decision::Repair => {
+                    let appended = self.append_message(update).await?;
+                    return Ok(MediaStatusSet {
+                        media: Arc::new(media),
+                        applied: !appended.duplicate,
+                    });
+                }
+                crate::media::Decision::Apply(moved) => {
+                    let flipped = self
+                        .lwt(
+                            &self.statements.set_media_body,
+                            (
+                                serde_json::to_vec(&moved.body)?,
+                                conversation,
+                                to_bigint("bucket", bucket(media_seq.get()))?,
+                                to_bigint("seq", media_seq.get())?,
+                                serde_json::to_vec(&media.body)?,
+                            ),
+                        )
+                        .await?;
+                    if !flipped.applied {
+                        // Moved by someone else meanwhile: decide again on what it holds.
+                        continue;
+                    }
+                    let appended = self.append_message(update).await?;
+                    return Ok(MediaStatusSet {
+                        media: Arc::new(moved),
+                        applied: !appended.duplicate,
+                    });
+                }
+            }
+        }
+        Err(ScyllaError::Contended("media status"))
+    }
+
     /// A conversation's members, ordered by user id.
     async fn members_of(&self, conversation: &str) -> Result<Vec<Member>, ScyllaError> {
         let rows: Vec<(String, Option<String>)> = self
@@ -1066,6 +1123,10 @@ impl StoreBackend for ScyllaStore {
 
     async fn set_last_seen(&self, request: SetLastSeen) -> Result<Timestamp, Error> {
         Ok(self.set_seen(&request).await?)
+    }
+
+    async fn set_media_status(&self, request: SetMediaStatus) -> Result<MediaStatusSet, Error> {
+        Ok(self.media_status(&request).await?)
     }
 
     async fn last_seen(

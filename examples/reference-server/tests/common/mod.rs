@@ -16,6 +16,7 @@ use messenger_socket::client::{Client, ClientConfig, ClientEvent, Events};
 use tokio_tungstenite::tungstenite;
 
 pub mod cluster;
+pub mod media;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -25,17 +26,33 @@ pub struct Server {
     pub address: SocketAddr,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts a server on a fresh port with `data_dir` and extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        Self::start_on("127.0.0.1:0", data_dir, extra)
+        Self::start_on("127.0.0.1:0", data_dir, extra, Vec::new())
     }
 
-    fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Server {
+    /// As [`Server::start`], with extra environment variables for the process.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let env = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        Self::start_on("127.0.0.1:0", data_dir, extra, env)
+    }
+
+    fn start_on(
+        listen: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Server {
         let args: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_reference-server"))
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")
@@ -67,6 +84,7 @@ impl Server {
             address,
             data_dir: data_dir.to_owned(),
             args,
+            env,
         }
     }
 
@@ -105,7 +123,12 @@ impl Server {
             // The port is free again once the old process is gone; retry briefly if the
             // kernel still holds it.
             let started = std::panic::catch_unwind(|| {
-                Self::start_on(&self.address.to_string(), &self.data_dir, &extra)
+                Self::start_on(
+                    &self.address.to_string(),
+                    &self.data_dir,
+                    &extra,
+                    self.env.clone(),
+                )
             });
             match started {
                 Ok(server) => {

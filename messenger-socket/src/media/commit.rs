@@ -1,0 +1,276 @@
+//! Status changes of media entries, appended like membership changes: a seq from the
+//! sequencer, one conditional store write, fanout to every member, domain events.
+
+use std::sync::Arc;
+
+use messenger_core::sequencer::{FenceSeq, NextSeq};
+use messenger_core::store::{SetMediaStatus, VoidSeq};
+use messenger_core::{
+    Body, ClientMsgId, ConversationId, DeviceId, DomainEvent, Error, ErrorKind, MediaStatus,
+    MediaUpdate, Message, Seq, Timestamp, UserId, call,
+};
+
+use crate::node::{Backends, Node};
+
+/// What became of a status change.
+#[derive(Debug)]
+pub(crate) enum Committed {
+    /// The entry moved; the update is stored and fanned out.
+    Applied,
+    /// The entry was final already (ready or failed): nothing changed.
+    Refused(Arc<Message>),
+}
+
+fn system_user() -> Result<UserId, Error> {
+    UserId::new("system").map_err(|err| Error::new(ErrorKind::Unexpected, err.to_string()))
+}
+
+fn system_device() -> Result<DeviceId, Error> {
+    DeviceId::new("system").map_err(|err| Error::new(ErrorKind::Unexpected, err.to_string()))
+}
+
+fn status_key(media_seq: Seq) -> Result<ClientMsgId, Error> {
+    ClientMsgId::new(format!("media-status:{media_seq}"))
+        .map_err(|err| Error::new(ErrorKind::Unexpected, err.to_string()))
+}
+
+impl<B: Backends> Node<B> {
+    /// Moves the media entry at `media_seq` to `status` (ready with `url`, or failed with
+    /// `reason`), as the next entry of the conversation.
+    pub(crate) async fn commit_media_status(
+        &self,
+        conversation: &ConversationId,
+        media_seq: Seq,
+        status: MediaStatus,
+        url: Option<String>,
+        reason: Option<String>,
+    ) -> Result<Committed, Error> {
+        let info = self.conversation(conversation).await?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no conversation {conversation}"),
+            )
+        })?;
+        let recipients: Arc<[UserId]> = info.members.iter().map(|m| m.user.clone()).collect();
+        let body = Body::MediaStatus(Box::new(MediaUpdate {
+            media_seq,
+            status,
+            url: url.clone(),
+            reason: reason.clone(),
+        }));
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let seq = call(
+                self.services().sequencer(),
+                NextSeq {
+                    conversation: conversation.clone(),
+                },
+            )
+            .await?;
+            let update = Arc::new(Message {
+                conversation: conversation.clone(),
+                seq,
+                sender: system_user()?,
+                sender_device: system_device()?,
+                client_msg_id: status_key(media_seq)?,
+                sent_at: Timestamp::now(),
+                body: body.clone(),
+            });
+            let result = call(
+                self.services().store(),
+                SetMediaStatus {
+                    update: Arc::clone(&update),
+                },
+            )
+            .await;
+            match result {
+                Ok(set) if set.applied => {
+                    self.fan_out(Arc::clone(&recipients), Arc::clone(&update))
+                        .await;
+                    self.publish(DomainEvent::MessageStored {
+                        message: Arc::clone(&update),
+                    });
+                    match (status, url) {
+                        (MediaStatus::Ready, Some(url)) => self.publish(DomainEvent::MediaReady {
+                            message: Arc::clone(&set.media),
+                            url,
+                        }),
+                        _ => self.publish(DomainEvent::MediaFailed {
+                            conversation: conversation.clone(),
+                            seq: media_seq,
+                            reason: reason.clone().unwrap_or_default(),
+                        }),
+                    }
+                    return Ok(Committed::Applied);
+                }
+                Ok(set) => {
+                    self.void_unused(&update, &recipients).await;
+                    return Ok(Committed::Refused(set.media));
+                }
+                Err(err) if err.kind() == ErrorKind::Conflict && attempts < 4 => {
+                    call(
+                        self.services().sequencer(),
+                        FenceSeq {
+                            conversation: conversation.clone(),
+                            at_least: seq,
+                        },
+                    )
+                    .await?;
+                }
+                Err(err) => {
+                    if err.kind() != ErrorKind::Conflict {
+                        self.void_unused(&update, &recipients).await;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Fills a seq that was allocated for an update that was not stored, so readers do not
+    /// wait on the hole.
+    async fn void_unused(&self, update: &Message, recipients: &Arc<[UserId]>) {
+        let voided = call(
+            self.services().store(),
+            VoidSeq {
+                conversation: update.conversation.clone(),
+                seq: update.seq,
+            },
+        )
+        .await;
+        if let Ok(entry) = voided {
+            if entry.is_void() {
+                self.fan_out(Arc::clone(recipients), entry).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use messenger_core::store::{AppendMessage, CreateConversation};
+    use messenger_core::{Conversation, ConversationKind, MediaBody, Member, Role};
+    use messenger_fanout::{Fanout, local::LocalFanout};
+    use messenger_sequencer::{Sequencer, memory::MemorySequencer};
+    use messenger_store::{EmbeddedStore, Store};
+
+    use super::*;
+    use crate::auth::DevAuthenticator;
+    use crate::hub::Hub;
+    use crate::presence::MemoryPresence;
+    use crate::{NodeConfig, Services};
+
+    #[tokio::test]
+    async fn a_status_moves_once_with_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(EmbeddedStore::open(dir.path().join("m.db")).unwrap());
+        let hub = Hub::new();
+        let services = Services {
+            sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
+            fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+            store: store.clone(),
+            auth: DevAuthenticator,
+            presence: MemoryPresence::new(),
+        };
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        let node = Node::new(services, hub, NodeConfig::default())
+            .with_event_sink(Arc::new(move |event| sink.lock().unwrap().push(event)));
+
+        let alice = UserId::new("alice").unwrap();
+        let chat = ConversationId::new("g:media").unwrap();
+        call(
+            &store,
+            CreateConversation {
+                conversation: Conversation {
+                    id: chat.clone(),
+                    kind: ConversationKind::Group,
+                    title: Some("t".into()),
+                    created_by: alice.clone(),
+                    created_at: Timestamp(1),
+                },
+                members: vec![Member {
+                    user: alice.clone(),
+                    role: Role::Owner,
+                }],
+            },
+        )
+        .await
+        .unwrap();
+        let media = |seq: u64| Message {
+            conversation: chat.clone(),
+            seq: Seq(seq),
+            sender: alice.clone(),
+            sender_device: DeviceId::new("phone").unwrap(),
+            client_msg_id: ClientMsgId::new(format!("m{seq}")).unwrap(),
+            sent_at: Timestamp(2),
+            body: Body::Media(Box::new(MediaBody {
+                name: "a.png".into(),
+                mime: "image/png".into(),
+                size: 3,
+                sha256: None,
+                width: None,
+                height: None,
+                duration_ms: None,
+                status: MediaStatus::Pending,
+                url: None,
+                reason: None,
+            })),
+        };
+        for seq in [1, 2] {
+            call(
+                &store,
+                AppendMessage {
+                    message: Arc::new(media(seq)),
+                },
+            )
+            .await
+            .unwrap();
+        }
+
+        let ready = node
+            .commit_media_status(&chat, Seq(1), MediaStatus::Ready, Some("u".into()), None)
+            .await
+            .unwrap();
+        assert!(matches!(ready, Committed::Applied));
+        let failed = node
+            .commit_media_status(&chat, Seq(2), MediaStatus::Failed, None, Some("x".into()))
+            .await
+            .unwrap();
+        assert!(matches!(failed, Committed::Applied));
+        let late = node
+            .commit_media_status(&chat, Seq(2), MediaStatus::Ready, Some("v".into()), None)
+            .await
+            .unwrap();
+        assert!(matches!(late, Committed::Refused(_)), "ready after failed");
+
+        let events = events.lock().unwrap();
+        let ready_events: Vec<_> = events
+            .iter()
+            .filter_map(|event| match event {
+                DomainEvent::MediaReady { message, url } => Some((message.seq, url.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ready_events, vec![(Seq(1), "u".to_owned())]);
+        let failed_events: Vec<_> = events
+            .iter()
+            .filter_map(|event| match event {
+                DomainEvent::MediaFailed { seq, reason, .. } => Some((*seq, reason.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed_events, vec![(Seq(2), "x".to_owned())]);
+        let stored = events
+            .iter()
+            .filter(|event| matches!(event, DomainEvent::MessageStored { .. }))
+            .count();
+        assert_eq!(
+            stored, 2,
+            "one status entry per applied change, none for the refusal"
+        );
+    }
+}
