@@ -55,7 +55,7 @@
 //! changes nothing and names the node, the registry reads that node's lease and tries again.
 //!
 //! The feed ([`SubscribePresence`]) is a tokio broadcast channel of capacity
-//! [`FEED_CAPACITY`](super::FEED_CAPACITY) fed by the subscription. It is best effort: a
+//! [`FEED_CAPACITY`] fed by the subscription. It is best effort: a
 //! subscriber that falls behind skips changes; changes published while the subscription is
 //! reconnecting (backoff 0.1 s to 5 s) are lost.
 //!
