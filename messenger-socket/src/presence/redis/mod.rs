@@ -416,9 +416,7 @@ impl RedisPresence {
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let cache = Arc::new(LeaseCache::default());
         // Subscribed before the lease is taken, so no change of this node's own is missed.
-        let subscription = subscribe(&config.urls[0], &keys.channel)
-            .await
-            .map_err(RedisPresenceError::command("subscribe"))?;
+        let subscription = subscribe_any(&config.urls, &keys.channel).await?;
         let incarnation = {
             use rand::Rng;
             format!("{:016x}", rand::rng().random::<u64>())
@@ -1331,6 +1329,25 @@ async fn subscribe(url: &str, channel: &str) -> ::redis::RedisResult<::redis::ai
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
     Ok(pubsub)
+}
+
+/// A subscription on the first of `urls` that accepts one (a cluster's seed nodes).
+async fn subscribe_any(urls: &[String], channel: &str) -> Result<::redis::aio::PubSub, Error> {
+    let mut failure = None;
+    for url in urls {
+        match subscribe(url, channel).await {
+            Ok(pubsub) => return Ok(pubsub),
+            Err(err) => {
+                tracing::warn!(error = %err, url = %config::redact(url), "cannot subscribe to presence changes");
+                failure = Some(err);
+            }
+        }
+    }
+    Err(match failure {
+        Some(err) => RedisPresenceError::command("subscribe")(err),
+        None => RedisPresenceError::Config("no Redis URL given".to_owned()),
+    }
+    .into())
 }
 
 /// Feeds the channel's messages to `feed` and the lease cache, re-subscribing with backoff
