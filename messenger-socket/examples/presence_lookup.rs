@@ -10,6 +10,7 @@
 //!
 //! - `LookupPresence` of the 1 000 users (the batched path),
 //! - the same 1 000 `HKEYS` sent one after the other (a look-up per member), as the baseline,
+//! - (standalone only) the same 1 000 `HKEYS` in one plain pipeline: the floor for a batch,
 //! - one `PING` (a single round trip),
 //!
 //! and prints the median and p90 per call of each and the ratios. Keys are removed at the end.
@@ -81,6 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut batched = Vec::with_capacity(ROUNDS);
     let mut sequential = Vec::with_capacity(ROUNDS);
+    let mut pipelined = Vec::with_capacity(ROUNDS);
     let mut ping = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let started = Instant::now();
@@ -95,6 +97,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         sequential.push(started.elapsed());
         assert_eq!(devices, USERS);
+
+        if let Some(devices) = plain.pipelined_hkeys(&keys).await? {
+            // Timed inside: the plain pipeline exists on a standalone server only.
+            pipelined.push(devices.1);
+            assert_eq!(devices.0, USERS);
+        }
 
         let started = Instant::now();
         plain.ping().await?;
@@ -116,6 +124,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("  LookupPresence (batched):     p50 {b50:>10.3?}  p90 {b90:>10.3?}");
     println!("  1 000 HKEYS one at a time:    p50 {s50:>10.3?}  p90 {s90:>10.3?}");
+    if !pipelined.is_empty() {
+        let (q50, q90) = percentiles(&mut pipelined);
+        println!("  1 000 HKEYS, plain pipeline:  p50 {q50:>10.3?}  p90 {q90:>10.3?}");
+        println!(
+            "  batched / plain pipeline: {:.2}",
+            b50.as_secs_f64() / q50.as_secs_f64()
+        );
+    }
     println!("  one PING (a round trip):      p50 {p50:>10.3?}  p90 {p90:>10.3?}");
     println!(
         "  batched / one-at-a-time: {:.3}   batched / one round trip: {:.1}",
@@ -166,6 +182,24 @@ impl Plain {
             Self::Cluster(connection) => connection.hkeys(key).await?,
         };
         Ok(fields.len())
+    }
+
+    /// The devices found and the time taken, for a standalone server.
+    async fn pipelined_hkeys(
+        &mut self,
+        keys: &[String],
+    ) -> Result<Option<(usize, Duration)>, redis::RedisError> {
+        let Self::Standalone(connection) = self else {
+            return Ok(None);
+        };
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.hkeys(key);
+        }
+        let started = Instant::now();
+        let replies: Vec<Vec<String>> = pipe.query_async(connection).await?;
+        let elapsed = started.elapsed();
+        Ok(Some((replies.iter().map(Vec::len).sum(), elapsed)))
     }
 
     async fn ping(&mut self) -> Result<(), redis::RedisError> {

@@ -55,7 +55,7 @@
 //! changes nothing and names the node, the registry reads that node's lease and tries again.
 //!
 //! The feed ([`SubscribePresence`]) is a tokio broadcast channel of capacity
-//! [`FEED_CAPACITY`](super::FEED_CAPACITY) fed by the subscription. It is best effort: a
+//! [`FEED_CAPACITY`] fed by the subscription. It is best effort: a
 //! subscriber that falls behind skips changes; changes published while the subscription is
 //! reconnecting (backoff 0.1 s to 5 s) are lost.
 //!
@@ -108,6 +108,7 @@
 //! - Sweeper: one `SET NX` per node per `sweep_interval`; a sweep costs a script per entry of
 //!   the dead node.
 
+mod cluster;
 mod config;
 mod error;
 
@@ -120,6 +121,7 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use ::redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -133,6 +135,7 @@ use messenger_core::{DeviceId, Error, Timestamp, UserId};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
+use cluster::SlotMap;
 pub use config::RedisPresenceConfig;
 use error::RedisPresenceError;
 
@@ -316,6 +319,17 @@ fn parse_field(field: &str) -> Option<(&str, &str)> {
     Some((node, device))
 }
 
+/// `values` cut into consecutive groups of `sizes`.
+fn split(mut values: Vec<Value>, sizes: &[usize]) -> Vec<Vec<Value>> {
+    let mut groups = Vec::with_capacity(sizes.len());
+    for size in sizes.iter().rev() {
+        let at = values.len().saturating_sub(*size);
+        groups.push(values.split_off(at));
+    }
+    groups.reverse();
+    groups
+}
+
 /// The expiry of a lease value `<expiry>|<incarnation>`.
 fn lease_expiry(value: &str) -> Option<u64> {
     value.split_once('|')?.0.parse().ok()
@@ -360,6 +374,8 @@ struct Inner {
     lease_expiry: AtomicU64,
     released: AtomicBool,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// The cluster's slot map, once read (cluster only).
+    slots: Mutex<Option<Arc<SlotMap>>>,
 }
 
 impl Drop for Inner {
@@ -400,9 +416,7 @@ impl RedisPresence {
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let cache = Arc::new(LeaseCache::default());
         // Subscribed before the lease is taken, so no change of this node's own is missed.
-        let subscription = subscribe(&config.urls[0], &keys.channel)
-            .await
-            .map_err(RedisPresenceError::command("subscribe"))?;
+        let subscription = subscribe_any(&config.urls, &keys.channel).await?;
         let incarnation = {
             use rand::Rng;
             format!("{:016x}", rand::rng().random::<u64>())
@@ -419,6 +433,7 @@ impl RedisPresence {
             lease_expiry: AtomicU64::new(0),
             released: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            slots: Mutex::new(None),
             keys,
             config,
         });
@@ -535,56 +550,144 @@ impl Inner {
         }
     }
 
-    /// Runs groups of commands, each group on one slot, in as few round trips as the
-    /// connection allows: one pipeline on a standalone server; on a cluster one pipeline per
-    /// group, all in flight at once. Answers each group's replies.
+    /// Runs groups of commands, each group on one key, in as few round trips as the
+    /// connection allows: one pipeline on a standalone server, one pipeline per cluster node
+    /// on a cluster (all in flight at once). Answers each group's replies.
     async fn batch(
         &self,
-        groups: Vec<Vec<Cmd>>,
+        groups: Vec<(String, Vec<Cmd>)>,
         operation: &'static str,
     ) -> Result<Vec<Vec<Value>>, Error> {
         let work = async {
             match &self.connection {
                 Connection::Standalone(connection) => {
-                    let mut pipe = Pipeline::with_capacity(groups.iter().map(Vec::len).sum());
-                    let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
-                    for cmd in groups.into_iter().flatten() {
+                    let mut pipe = Pipeline::with_capacity(groups.iter().map(|g| g.1.len()).sum());
+                    let sizes: Vec<usize> = groups.iter().map(|g| g.1.len()).collect();
+                    for cmd in groups.into_iter().flat_map(|g| g.1) {
                         pipe.add_command(cmd);
                     }
                     if pipe.is_empty() {
                         return Ok(sizes.iter().map(|_| Vec::new()).collect());
                     }
-                    let mut values: Vec<Value> = pipe.query_async(&mut connection.clone()).await?;
-                    let mut answers = Vec::with_capacity(sizes.len());
-                    for size in sizes.into_iter().rev() {
-                        let at = values.len().saturating_sub(size);
-                        answers.push(values.split_off(at));
-                    }
-                    answers.reverse();
-                    Ok(answers)
+                    let values: Vec<Value> = pipe.query_async(&mut connection.clone()).await?;
+                    Ok(split(values, &sizes))
                 }
-                Connection::Cluster(connection) => {
-                    let requests = groups.into_iter().map(|group| {
-                        let mut connection = connection.clone();
-                        async move {
-                            if group.is_empty() {
-                                return Ok(Vec::new());
-                            }
-                            let mut pipe = Pipeline::with_capacity(group.len());
-                            for cmd in group {
-                                pipe.add_command(cmd);
-                            }
-                            pipe.query_async::<Vec<Value>>(&mut connection).await
-                        }
-                    });
-                    join_all(requests).await.into_iter().collect()
-                }
+                Connection::Cluster(connection) => self.cluster_batch(connection, groups).await,
             }
         };
         match tokio::time::timeout(self.config.lease, work).await {
             Ok(result) => Ok(result.map_err(RedisPresenceError::command(operation))?),
             Err(_) => Err(RedisPresenceError::Elapsed { operation }.into()),
         }
+    }
+
+    /// [`batch`](Self::batch) on a cluster: one pipeline per primary that owns some of the
+    /// keys (after the slot map), then the groups that met a moved slot one by one.
+    async fn cluster_batch(
+        &self,
+        connection: &ClusterConnection,
+        groups: Vec<(String, Vec<Cmd>)>,
+    ) -> ::redis::RedisResult<Vec<Vec<Value>>> {
+        let map = self.slot_map(connection).await;
+        let mut answers: Vec<Option<Vec<Value>>> = vec![None; groups.len()];
+        // Groups by owner: the slot to route by, and the indexes of the groups.
+        let mut by_owner: HashMap<Arc<str>, (u16, Vec<usize>)> = HashMap::new();
+        for (index, (key, _)) in groups.iter().enumerate() {
+            let slot = cluster::slot(key.as_bytes());
+            if let Some(owner) = map.as_ref().and_then(|map| map.owner(slot)) {
+                by_owner
+                    .entry(Arc::clone(owner))
+                    .or_insert_with(|| (slot, Vec::new()))
+                    .1
+                    .push(index);
+            }
+        }
+        let requests = by_owner.into_values().map(|(slot, indexes)| {
+            let mut connection = connection.clone();
+            let mut pipe = Pipeline::new();
+            let mut sizes = Vec::with_capacity(indexes.len());
+            for &index in &indexes {
+                sizes.push(groups[index].1.len());
+                for cmd in &groups[index].1 {
+                    pipe.add_command(cmd.clone());
+                }
+            }
+            async move {
+                let count = pipe.len();
+                let values = connection
+                    .route_pipeline(
+                        pipe,
+                        0,
+                        count,
+                        SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
+                    )
+                    .await;
+                (indexes, sizes, values)
+            }
+        });
+        let mut moved = false;
+        for (indexes, sizes, values) in join_all(requests).await {
+            let Ok(values) = values else {
+                moved = true;
+                continue;
+            };
+            if values.len() != sizes.iter().sum::<usize>() {
+                moved = true;
+                continue;
+            }
+            for (index, replies) in indexes.into_iter().zip(split(values, &sizes)) {
+                if replies
+                    .iter()
+                    .any(|value| matches!(value, Value::ServerError(_)))
+                {
+                    moved = true;
+                } else {
+                    answers[index] = Some(replies);
+                }
+            }
+        }
+        if moved || map.is_none() {
+            // Read the slot map again next time.
+            *self.slots.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        // Whatever is left goes one group at a time; the connection follows redirections.
+        let retries = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, answer)| answer.is_none())
+            .map(|(index, _)| {
+                let mut connection = connection.clone();
+                let mut pipe = Pipeline::new();
+                for cmd in &groups[index].1 {
+                    pipe.add_command(cmd.clone());
+                }
+                async move {
+                    if pipe.is_empty() {
+                        return (index, Ok(Vec::new()));
+                    }
+                    (index, pipe.query_async::<Vec<Value>>(&mut connection).await)
+                }
+            });
+        for (index, replies) in join_all(retries).await {
+            answers[index] = Some(replies?);
+        }
+        Ok(answers.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// The cluster's slot map, read (`CLUSTER SLOTS`) when not known; `None` when it cannot
+    /// be read (batches then go one group at a time).
+    async fn slot_map(&self, connection: &ClusterConnection) -> Option<Arc<SlotMap>> {
+        if let Some(map) = &*self.slots.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Some(Arc::clone(map));
+        }
+        let reply: Value = ::redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut connection.clone())
+            .await
+            .ok()?;
+        let map = Arc::new(SlotMap::parse(&reply)?);
+        *self.slots.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&map));
+        Some(map)
     }
 
     /// The nodes whose cached lease is live now.
@@ -625,7 +728,11 @@ impl Inner {
         }
         let groups = unknown
             .iter()
-            .map(|node| vec![::redis::cmd("GET").arg(self.keys.lease(node)).clone()])
+            .map(|node| {
+                let key = self.keys.lease(node);
+                let get = ::redis::cmd("GET").arg(&key).clone();
+                (key, vec![get])
+            })
             .collect();
         let replies = self.batch(groups, "lease read").await?;
         let now = now_ms();
@@ -788,11 +895,9 @@ impl Inner {
             .users
             .iter()
             .map(|user| {
-                vec![
-                    ::redis::cmd("HKEYS")
-                        .arg(self.keys.user_devices(user.as_str()))
-                        .clone(),
-                ]
+                let key = self.keys.user_devices(user.as_str());
+                let hkeys = ::redis::cmd("HKEYS").arg(&key).clone();
+                (key, vec![hkeys])
             })
             .collect();
         let replies = self.batch(groups, "lookup").await?;
@@ -1029,10 +1134,11 @@ impl Inner {
                 .iter()
                 .map(|(field, user)| {
                     let key = self.keys.user_devices(user.as_str());
-                    vec![
+                    let commands = vec![
                         ::redis::cmd("HEXISTS").arg(&key).arg(field).clone(),
                         ::redis::cmd("PEXPIRE").arg(&key).arg(ttl).clone(),
-                    ]
+                    ];
+                    (key, commands)
                 })
                 .collect();
             let replies = self.batch(groups, "entry check").await?;
@@ -1223,6 +1329,25 @@ async fn subscribe(url: &str, channel: &str) -> ::redis::RedisResult<::redis::ai
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
     Ok(pubsub)
+}
+
+/// A subscription on the first of `urls` that accepts one (a cluster's seed nodes).
+async fn subscribe_any(urls: &[String], channel: &str) -> Result<::redis::aio::PubSub, Error> {
+    let mut failure = None;
+    for url in urls {
+        match subscribe(url, channel).await {
+            Ok(pubsub) => return Ok(pubsub),
+            Err(err) => {
+                tracing::warn!(error = %err, url = %config::redact(url), "cannot subscribe to presence changes");
+                failure = Some(err);
+            }
+        }
+    }
+    Err(match failure {
+        Some(err) => RedisPresenceError::command("subscribe")(err),
+        None => RedisPresenceError::Config("no Redis URL given".to_owned()),
+    }
+    .into())
 }
 
 /// Feeds the channel's messages to `feed` and the lease cache, re-subscribing with backoff
