@@ -90,6 +90,19 @@ struct Args {
     #[arg(long, env = "MESSENGER_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     write_timeout_ms: u64,
 
+    /// Most members per group (announced in `welcome.limits`).
+    #[arg(long, env = "MESSENGER_MAX_GROUP_MEMBERS", default_value_t = messenger_core::MAX_GROUP_MEMBERS)]
+    max_group_members: usize,
+
+    /// Frames per second read from one connection (bursts of five times as many).
+    #[arg(long, env = "MESSENGER_FRAMES_PER_SECOND", default_value_t = 200)]
+    frames_per_second: u32,
+
+    /// Set SO_REUSEPORT on the listener, so several server processes can share one port (the
+    /// kernel spreads new connections over them).
+    #[arg(long, env = "MESSENGER_REUSE_PORT")]
+    reuse_port: bool,
+
     /// Log format.
     #[arg(long, env = "MESSENGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -229,6 +242,8 @@ async fn serve<B: StoreBackend>(
     config.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
     config.outbound_queue = args.outbound_queue;
     config.write_timeout = Duration::from_millis(args.write_timeout_ms);
+    config.limits.max_group_members = args.max_group_members;
+    config.limits.frames_per_second = args.frames_per_second;
     let bus = EventBus::new(4096);
     let services = Services {
         store,
@@ -245,8 +260,7 @@ async fn serve<B: StoreBackend>(
     server_config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     let server = Server::new(node, server_config);
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = listen(args.listen, args.reuse_port)
         .map_err(|err| format!("cannot listen on {}: {err}", args.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
@@ -255,6 +269,24 @@ async fn serve<B: StoreBackend>(
     server.run(listener, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the listener, with SO_REUSEPORT when asked (Unix only).
+fn listen(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        #[cfg(unix)]
+        socket.set_reuseport(true)?;
+        #[cfg(not(unix))]
+        return Err(std::io::Error::other("--reuse-port needs a Unix system"));
+    }
+    socket.bind(address)?;
+    socket.listen(4096)
 }
 
 async fn shutdown_signal() {
