@@ -548,7 +548,9 @@ impl Pool {
                                 self.progress[index] = progress;
                             }
                         }
-                        "exit" => return Err(format!("worker {index} exited without a result")),
+                        "exit" if got[index].is_none() => {
+                            return Err(format!("worker {index} exited without a result"));
+                        }
                         _ => {}
                     }
                 }
