@@ -101,9 +101,10 @@ struct Common {
     /// Worker processes (0: one per 15,000 connections, at least 1).
     #[arg(long, default_value_t = 0)]
     workers: usize,
-    /// Source addresses 127.0.0.2, 127.0.0.3, ... (0: one per 20,000 connections, at least 1).
-    #[arg(long, default_value_t = 0)]
-    sources: usize,
+    /// Do not bind connections to per-worker source addresses (127.0.0.2, .3, ...); let the
+    /// kernel pick (at most ~28,000 connections per server address then).
+    #[arg(long)]
+    no_bind: bool,
     /// Connections opening at once per worker.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
@@ -216,11 +217,6 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
     } else {
         common.workers
     };
-    let sources = if common.sources == 0 {
-        connections.div_ceil(20_000).max(1)
-    } else {
-        common.sources
-    };
     let senders_total = senders_in(&pattern, 0, connections);
     let mut specs = Vec::new();
     let per = connections.div_ceil(workers);
@@ -237,7 +233,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
             index,
             target: common.target,
             urls: common.url.clone(),
-            sources,
+            bind_source: !common.no_bind,
             prefix: prefix.clone(),
             first,
             count,
@@ -254,8 +250,9 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
         }
     }
     eprintln!(
-        "loadgen {name}: {connections} connections, {} workers, {sources} source addresses, target {:?}",
+        "loadgen {name}: {connections} connections, {} workers (source addresses 127.0.0.2..={}), target {:?}",
         specs.len(),
+        1 + specs.len(),
         common.target
     );
 
@@ -274,7 +271,6 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
         "cores": std::thread::available_parallelism().map_or(0, usize::from),
         "connections": connections,
         "workers": specs.len(),
-        "source_addresses": sources,
         "started_unix_ms": started / 1_000_000,
     });
     match name {
@@ -578,13 +574,30 @@ fn meminfo_kb(field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Memory readings, bytes: the servers' VmRSS and RssAnon (summed), and the box's used memory
-/// (MemTotal - MemAvailable).
+/// Memory readings, bytes: the servers' VmRSS and RssAnon (summed), the box's used memory
+/// (MemTotal - MemAvailable; other processes on a shared box move it too) and the kernel's
+/// TCP buffer memory (/proc/net/sockstat `TCP: ... mem` pages).
 #[derive(Debug, Clone, Copy, Default)]
 struct Memory {
     server_rss: u64,
     server_anon: u64,
     box_used: u64,
+    tcp_buffers: u64,
+}
+
+/// The kernel's TCP buffer memory, bytes.
+fn tcp_buffer_bytes() -> u64 {
+    let stat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let pages = stat
+        .lines()
+        .find(|line| line.starts_with("TCP:"))
+        .and_then(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "mem")?;
+            words.get(at + 1)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    pages * 4096
 }
 
 fn memory(pids: &[u32]) -> Memory {
@@ -603,6 +616,7 @@ fn memory(pids: &[u32]) -> Memory {
         server_rss: sum("VmRSS:"),
         server_anon: sum("RssAnon:"),
         box_used: used,
+        tcp_buffers: tcp_buffer_bytes(),
     }
 }
 
@@ -631,6 +645,8 @@ fn memory_report(before: &Memory, after: &Memory, workers_rss: u64, connected: u
         "loadgen_rss": workers_rss,
         "server_and_kernel_bytes_per_connection": per(server_and_kernel),
         "kernel_bytes_per_connection_both_ends": per(server_and_kernel.saturating_sub(anon)),
+        "kernel_tcp_buffer_bytes_per_connection_both_ends":
+            per(after.tcp_buffers.saturating_sub(before.tcp_buffers)),
     })
 }
 

@@ -35,9 +35,10 @@ pub(crate) struct WorkerSpec {
     pub(crate) target: Target,
     /// Server URLs; connection `i` uses `urls[i % len]`.
     pub(crate) urls: Vec<String>,
-    /// Source addresses 127.0.0.2 .. 127.0.0.(1 + sources); connection `i` binds to
-    /// 127.0.0.(2 + i % sources).
-    pub(crate) sources: usize,
+    /// Bind loopback connections to this worker's own source address, 127.0.0.(2 + index),
+    /// with ports this worker picks itself (so connections never run out of ephemeral ports:
+    /// each worker has its own 51,000 ports per server address).
+    pub(crate) bind_source: bool,
     /// Prefix of user names (`{prefix}{i}`), unique per run.
     pub(crate) prefix: String,
     /// The global index of this worker's first connection.
@@ -110,6 +111,8 @@ struct Context {
     settled: AtomicU64,
     settled_notify: Notify,
     connect_limit: Semaphore,
+    /// The next source port to try (10000..=60999, cycling).
+    next_port: AtomicU64,
     phase: watch::Receiver<Phase>,
 }
 
@@ -214,6 +217,8 @@ async fn run(spec: WorkerSpec) -> Result<(), String> {
         settled: AtomicU64::new(0),
         settled_notify: Notify::new(),
         connect_limit: Semaphore::new(spec.connect_concurrency.max(1)),
+        // Start somewhere else each run: the previous run's ports may sit in TIME_WAIT.
+        next_port: AtomicU64::new(now_ns() / 1000),
         phase: phase_rx,
         spec,
     });
@@ -377,6 +382,8 @@ async fn connection(
     };
     let me = global as u32;
     let mut last_seq: HashMap<u32, u64> = HashMap::new();
+    // Connections that never send have no sender side: stop polling the closed channel.
+    let mut outgoing_open = true;
     loop {
         tokio::select! {
             frame = ws.next() => match frame {
@@ -403,8 +410,11 @@ async fn connection(
                     }
                 }
             },
-            frame = outgoing.recv() => {
-                let Some(frame) = frame else { continue };
+            frame = outgoing.recv(), if outgoing_open => {
+                let Some(frame) = frame else {
+                    outgoing_open = false;
+                    continue;
+                };
                 let mut written = ws.feed(Message::text(frame)).await;
                 while written.is_ok() {
                     match outgoing.try_recv() {
@@ -557,14 +567,7 @@ async fn handshake(context: &Context, global: usize, role: &Role) -> Result<Ws, 
     let which = global % context.addrs.len().max(1);
     let addr = *context.addrs.get(which).ok_or("no server address")?;
     let url = spec.urls.get(which).ok_or("no server URL")?;
-    let socket = TcpSocket::new_v4().map_err(|err| format!("socket: {err}"))?;
-    if addr.ip().is_loopback() && spec.sources > 0 {
-        let last = 2 + (global % spec.sources) as u8;
-        let source = SocketAddr::new(Ipv4Addr::new(127, 0, 0, last).into(), 0);
-        socket
-            .bind(source)
-            .map_err(|err| format!("bind {source}: {err}"))?;
-    }
+    let socket = bound_socket(context, addr)?;
     let stream = socket
         .connect(addr)
         .await
@@ -598,6 +601,32 @@ async fn handshake(context: &Context, global: usize, role: &Role) -> Result<Ws, 
     let waits = frames.len();
     exchange(&mut ws, spec.target, frames, waits).await?;
     Ok(ws)
+}
+
+/// A socket for a connection to `addr`. To a loopback server it is bound to this worker's
+/// source address and a port of its own choosing: the kernel's search for a free port on a
+/// `bind(ip, 0)` scans every bound port (it cost 2 ms of CPU per connection at 5k
+/// connections), while binding a given port is one hash lookup. Ports in use (by this run's
+/// earlier connections in TIME_WAIT, or by anyone else) are skipped.
+fn bound_socket(context: &Context, addr: SocketAddr) -> Result<TcpSocket, String> {
+    const FIRST: u64 = 10_000;
+    const PORTS: u64 = 51_000;
+    if !context.spec.bind_source || !addr.ip().is_loopback() {
+        return TcpSocket::new_v4().map_err(|err| format!("socket: {err}"));
+    }
+    let last = u8::try_from(2 + context.spec.index % 250).unwrap_or(2);
+    let ip = Ipv4Addr::new(127, 0, 0, last);
+    let mut last_error = None;
+    for _ in 0..PORTS {
+        let socket = TcpSocket::new_v4().map_err(|err| format!("socket: {err}"))?;
+        let port = FIRST + context.next_port.fetch_add(1, Ordering::Relaxed) % PORTS;
+        let source = SocketAddr::new(ip.into(), u16::try_from(port).unwrap_or(0));
+        match socket.bind(source) {
+            Ok(()) => return Ok(socket),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(format!("no free source port on {ip}: {last_error:?}"))
 }
 
 /// Writes `frames`, then reads until `waits` `Ready` answers came.
