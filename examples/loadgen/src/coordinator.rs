@@ -111,7 +111,8 @@ struct Common {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
-    /// Server process ids whose memory is read before and after (`idle`).
+    /// Server process ids: their memory is read before and after (`idle`), their CPU time at
+    /// every step boundary (`latency`, `fanout`: deliveries per second of server CPU).
     #[arg(long, value_delimiter = ',')]
     server_pid: Vec<u32>,
     /// Write the result as JSON to this file.
@@ -257,6 +258,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
     );
 
     let memory_before = memory(&common.server_pid);
+    let mut cpu_sampler: Option<tokio::task::JoinHandle<Vec<(f64, f64)>>> = None;
     let started = now_ns();
     let mut pool = Pool::spawn(&specs)?;
     let ready = pool.wait_all("ready").await?;
@@ -291,6 +293,22 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
             let start = now_ns() + 1_000_000_000;
             pool.command_all(&format!("go {start}")).await;
             result["start_unix_ns"] = json!(start);
+            let step_ns = ((step_secs + drain_secs) * 1e9) as u64;
+            let servers = common.server_pid.clone();
+            let workers: Vec<u32> = pool.children.iter().filter_map(Child::id).collect();
+            let steps = rates.len() as u64;
+            cpu_sampler = Some(tokio::spawn(async move {
+                let mut samples = Vec::new();
+                for k in 0..=steps {
+                    let at = start + k * step_ns;
+                    let now = now_ns();
+                    if at > now {
+                        tokio::time::sleep(Duration::from_nanos(at - now)).await;
+                    }
+                    samples.push((cpu_secs(&servers), cpu_secs(&workers)));
+                }
+                samples
+            }));
         }
     }
     let reports = pool.results().await?;
@@ -306,6 +324,21 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
     if name == "latency" || name == "fanout" {
         let start = result["start_unix_ns"].as_u64().unwrap_or(0);
         add_step_rates(&mut result, &merged, start, step_secs, drain_secs);
+    }
+    if let Some(sampler) = cpu_sampler {
+        let samples = sampler.await.unwrap_or_default();
+        for (k, pair) in samples.windows(2).enumerate() {
+            let server = pair[1].0 - pair[0].0;
+            let loadgen = pair[1].1 - pair[0].1;
+            if let Some(step) = result["steps"].get_mut(k) {
+                let delivered = step["delivered"].as_f64().unwrap_or(0.0);
+                step["server_cpu_secs"] = json!(server);
+                step["loadgen_cpu_secs"] = json!(loadgen);
+                if server > 0.0 && !common.server_pid.is_empty() {
+                    step["deliveries_per_server_cpu_sec"] = json!(delivered / server);
+                }
+            }
+        }
     }
     print_summary(&result);
     if let Some(path) = &common.json {
@@ -565,6 +598,21 @@ fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU seconds of `pids` (summed; /proc/PID/stat, 100 ticks per second).
+fn cpu_secs(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: u64 = fields.get(11)?.parse().ok()?;
+            let system: u64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) as f64 / 100.0)
+        })
+        .sum()
 }
 
 /// A `kB` field of /proc/meminfo.
@@ -875,14 +923,14 @@ fn print_summary(result: &Value) {
     }
     if let Some(steps) = result["steps"].as_array() {
         println!(
-            "| offered msg/s | sent | delivered | lost | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | ack p50 ms | ack p99 ms |"
+            "| offered msg/s | sent | delivered | lost | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | ack p50 ms | ack p99 ms | server CPU s | deliveries per server CPU s | loadgen CPU s |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for step in steps {
             let d = &step["delivery"];
             let a = &step["ack"];
             println!(
-                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.2} |",
                 step["offered_messages_per_sec"],
                 step["sent"],
                 step["delivered"],
@@ -893,7 +941,10 @@ fn print_summary(result: &Value) {
                 d["p999_ms"],
                 d["max_ms"],
                 a["p50_ms"],
-                a["p99_ms"]
+                a["p99_ms"],
+                step["server_cpu_secs"].as_f64().unwrap_or(0.0),
+                step["deliveries_per_server_cpu_sec"].as_f64().unwrap_or(0.0),
+                step["loadgen_cpu_secs"].as_f64().unwrap_or(0.0)
             );
         }
     }
