@@ -98,6 +98,11 @@ struct Args {
     #[arg(long, env = "MESSENGER_FRAMES_PER_SECOND", default_value_t = 200)]
     frames_per_second: u32,
 
+    /// Read buffer per WebSocket connection, in bytes (allocated for the connection's whole
+    /// life; frames larger than it are still read, in several chunks).
+    #[arg(long, env = "MESSENGER_READ_BUFFER_BYTES", default_value_t = 4096)]
+    read_buffer_bytes: usize,
+
     /// Set SO_REUSEPORT on the listener, so several server processes can share one port (the
     /// kernel spreads new connections over them).
     #[arg(long, env = "MESSENGER_REUSE_PORT")]
@@ -258,6 +263,7 @@ async fn serve<B: StoreBackend>(
     let mut server_config = ServerConfig::default();
     server_config.max_connections = args.max_connections;
     server_config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    server_config.read_buffer_size = args.read_buffer_bytes;
     let server = Server::new(node, server_config);
 
     let listener = listen(args.listen, args.reuse_port)
