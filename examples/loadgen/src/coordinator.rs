@@ -943,7 +943,9 @@ fn print_summary(result: &Value) {
                 a["p50_ms"],
                 a["p99_ms"],
                 step["server_cpu_secs"].as_f64().unwrap_or(0.0),
-                step["deliveries_per_server_cpu_sec"].as_f64().unwrap_or(0.0),
+                step["deliveries_per_server_cpu_sec"]
+                    .as_f64()
+                    .unwrap_or(0.0),
                 step["loadgen_cpu_secs"].as_f64().unwrap_or(0.0)
             );
         }
