@@ -157,6 +157,24 @@ struct Args {
     #[arg(long, env = "MESSENGER_PUBLIC_URL")]
     public_url: Option<String>,
 
+    /// Most members per group (announced in `welcome.limits`).
+    #[arg(long, env = "MESSENGER_MAX_GROUP_MEMBERS", default_value_t = messenger_core::MAX_GROUP_MEMBERS)]
+    max_group_members: usize,
+
+    /// Frames per second read from one connection (bursts of five times as many).
+    #[arg(long, env = "MESSENGER_FRAMES_PER_SECOND", default_value_t = 200)]
+    frames_per_second: u32,
+
+    /// Read buffer per WebSocket connection, in bytes (allocated for the connection's whole
+    /// life; frames larger than it are still read, in several chunks).
+    #[arg(long, env = "MESSENGER_READ_BUFFER_BYTES", default_value_t = 4096)]
+    read_buffer_bytes: usize,
+
+    /// Set SO_REUSEPORT on the listener, so several server processes can share one port (the
+    /// kernel spreads new connections over them).
+    #[arg(long, env = "MESSENGER_REUSE_PORT")]
+    reuse_port: bool,
+
     /// Log format.
     #[arg(long, env = "MESSENGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -302,6 +320,8 @@ async fn serve<B: StoreBackend>(
     config.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
     config.outbound_queue = args.outbound_queue;
     config.write_timeout = Duration::from_millis(args.write_timeout_ms);
+    config.limits.max_group_members = args.max_group_members;
+    config.limits.frames_per_second = args.frames_per_second;
     let bus = EventBus::new(4096);
     let events = cluster.events.clone();
     let services = Services {
@@ -311,8 +331,7 @@ async fn serve<B: StoreBackend>(
         auth,
         presence: cluster.presence.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = listen(args.listen, args.reuse_port)
         .map_err(|err| format!("cannot listen on {}: {err}", args.listen))?;
     let address = listener.local_addr()?;
 
@@ -349,6 +368,7 @@ async fn serve<B: StoreBackend>(
     let mut server_config = ServerConfig::default();
     server_config.max_connections = args.max_connections;
     server_config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    server_config.read_buffer_size = args.read_buffer_bytes;
     let server = Server::new(node.clone(), server_config).with_routes(media::router(&node));
     tracing::info!(%address, node = %node_id, "listening");
     // Tests and scripts read this line to find the port.
@@ -579,6 +599,24 @@ fn media_storage(
         }
     }
     Err("--media-store must be `local` or an s3:// URL".into())
+}
+
+/// Binds the listener, with SO_REUSEPORT when asked (Unix only).
+fn listen(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        #[cfg(unix)]
+        socket.set_reuseport(true)?;
+        #[cfg(not(unix))]
+        return Err(std::io::Error::other("--reuse-port needs a Unix system"));
+    }
+    socket.bind(address)?;
+    socket.listen(4096)
 }
 
 async fn shutdown_signal() {
