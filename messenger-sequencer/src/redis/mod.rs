@@ -51,7 +51,7 @@
 //!
 //! Scenario 5 of the benchmarks (`examples/sequencer_bench.rs`) measures it next to
 //! `redis-benchmark -t incr -P 16` on the same server in the same run; see
-//! `docs/benchmarks-storage.md` for the figures.
+//! `docs/benchmarks.md` (scenario 5) for the figures.
 //!
 //! # When Redis forgets: the floor
 //!
