@@ -111,7 +111,17 @@ struct Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM, so the server drains and logs its member-cache hit rate; SIGKILL after 15 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..150 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -123,7 +133,8 @@ fn start_server(bin: &PathBuf, extra: &[String]) -> (Server, String) {
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
         .args(extra)
-        .env("RUST_LOG", "warn")
+        // Warnings, and the server's own lines (the member cache's hit rate at shutdown).
+        .env("RUST_LOG", "warn,reference_server=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
