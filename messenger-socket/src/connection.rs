@@ -241,18 +241,23 @@ fn spawn_send_worker<B: Backends>(
                     let handle = handle.clone();
                     tokio::spawn(async move {
                         crate::media::record_pending(&node, &pending.message).await;
-                        let (frame, upload) = match node.store_pending(pending).await {
+                        let (frame, upload, stored) = match node.store_pending(pending).await {
                             Ok(stored) => (
                                 sent_frame(&stored.message, stored.duplicate),
                                 crate::media::upload_frame(&node, &stored.message).await,
+                                Some(stored),
                             ),
                             Err(refusal) => {
-                                (send_error(conversation, client_msg_id, refusal), None)
+                                (send_error(conversation, client_msg_id, refusal), None, None)
                             }
                         };
+                        // Durable: ack first, then deliver.
                         handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
                         if let Some(upload) = upload {
                             handle.push(Outbound::Frame(Utf8Bytes::from(upload.to_json())));
+                        }
+                        if let Some(mut stored) = stored {
+                            node.deliver_stored(&mut stored).await;
                         }
                     });
                 }

@@ -229,6 +229,9 @@ pub(crate) struct Pending {
 pub(crate) struct Stored {
     pub(crate) message: Arc<Message>,
     pub(crate) duplicate: bool,
+    /// The entry still to fan out, and to whom ([`Node::deliver_stored`]): the sender is
+    /// acked first, so a slow fanout (a broker round trip) never delays the ack.
+    pub(crate) fanout: Option<(Arc<[UserId]>, Arc<Message>)>,
 }
 
 impl<B: Backends> Node<B> {
@@ -417,6 +420,7 @@ impl<B: Backends> Node<B> {
             return Ok(Err(Stored {
                 message,
                 duplicate: true,
+                fanout: None,
             }));
         }
         let seq = call(
@@ -441,8 +445,9 @@ impl<B: Backends> Node<B> {
         }))
     }
 
-    /// Stores a prepared entry (retrying with a new seq on a conflict), fans it out, and
-    /// resolves its seq as void if it cannot be stored.
+    /// Stores a prepared entry (retrying with a new seq on a conflict) and resolves its seq as
+    /// void if it cannot be stored. The caller fans the stored entry out with
+    /// [`Node::deliver_stored`] (after acking the sender).
     pub(crate) async fn store_pending(&self, pending: Pending) -> Result<Stored, Refusal> {
         let Pending {
             mut message,
@@ -463,27 +468,26 @@ impl<B: Backends> Node<B> {
                     message: stored,
                     duplicate,
                 }) => {
-                    if duplicate {
+                    let entry = if duplicate {
                         // The store voided our seq in the same write: tell the readers.
-                        let void = Arc::new(Message::void(
+                        Arc::new(Message::void(
                             message.conversation.clone(),
                             message.seq,
                             message.sent_at,
-                        ));
-                        self.fan_out(Arc::clone(&recipients), void).await;
+                        ))
                     } else {
                         if stored.body.is_membership_change() {
                             self.invalidate(&stored.conversation);
                         }
-                        self.fan_out(Arc::clone(&recipients), Arc::clone(&stored))
-                            .await;
                         self.publish(DomainEvent::MessageStored {
                             message: Arc::clone(&stored),
                         });
-                    }
+                        Arc::clone(&stored)
+                    };
                     return Ok(Stored {
                         message: stored,
                         duplicate,
+                        fanout: Some((Arc::clone(&recipients), entry)),
                     });
                 }
                 Err(err) if err.kind() == ErrorKind::Conflict && attempts < 4 => {
@@ -508,6 +512,13 @@ impl<B: Backends> Node<B> {
                     return Err(err.into());
                 }
             }
+        }
+    }
+
+    /// Fans out what [`Node::store_pending`] stored (once: the entry is taken).
+    pub(crate) async fn deliver_stored(&self, stored: &mut Stored) {
+        if let Some((recipients, entry)) = stored.fanout.take() {
+            self.fan_out(recipients, entry).await;
         }
     }
 
@@ -574,7 +585,9 @@ impl<B: Backends> Node<B> {
             }),
             recipients: recipients.into(),
         };
-        Ok(self.store_pending(pending).await?.message)
+        let mut stored = self.store_pending(pending).await?;
+        self.deliver_stored(&mut stored).await;
+        Ok(stored.message)
     }
 
     /// Creates (if needed) the direct conversation with `other`; answers its `conversation`
