@@ -888,24 +888,9 @@ fn print_summary(result: &Value) {
         result["duplicates"],
         result["gaps"]
     );
-    let connect = &result["connect"];
-    println!(
-        "connect: {} sessions in {:.2} s = {:.0}/s; handshake p50 {} ms p99 {} ms",
-        connect["sessions"],
-        connect["wall_secs"].as_f64().unwrap_or(0.0),
-        connect["sessions_per_sec"].as_f64().unwrap_or(0.0),
-        connect["latency"]["p50_ms"],
-        connect["latency"]["p99_ms"]
-    );
+    print_sessions("connect", &result["connect"]);
     if let Some(reconnect) = result.get("reconnect") {
-        println!(
-            "reconnect (all at once): {} sessions in {:.2} s = {:.0}/s; p50 {} ms p99 {} ms",
-            reconnect["sessions"],
-            reconnect["wall_secs"].as_f64().unwrap_or(0.0),
-            reconnect["sessions_per_sec"].as_f64().unwrap_or(0.0),
-            reconnect["latency"]["p50_ms"],
-            reconnect["latency"]["p99_ms"]
-        );
+        print_sessions("reconnect (all at once)", reconnect);
     }
     if let Some(memory) = result.get("memory") {
         println!(
@@ -950,4 +935,16 @@ fn print_summary(result: &Value) {
             );
         }
     }
+}
+
+/// One line for a batch of sessions (connect or reconnect) of the summary.
+fn print_sessions(label: &str, sessions: &Value) {
+    println!(
+        "{label}: {} sessions in {:.2} s = {:.0}/s; handshake p50 {} ms p99 {} ms",
+        sessions["sessions"],
+        sessions["wall_secs"].as_f64().unwrap_or(0.0),
+        sessions["sessions_per_sec"].as_f64().unwrap_or(0.0),
+        sessions["latency"]["p50_ms"],
+        sessions["latency"]["p99_ms"]
+    );
 }

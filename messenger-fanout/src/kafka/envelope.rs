@@ -5,23 +5,24 @@
 //! skips) a version it does not know rather than guess.
 
 use messenger_core::{Event, UserId};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// The version this code writes and reads.
 pub(super) const VERSION: u32 = 1;
-
-#[derive(Serialize)]
-struct EnvelopeRef<'a> {
-    v: u32,
-    users: &'a [UserId],
-    event: &'a Event,
-}
 
 /// A decoded envelope.
 #[derive(Debug, Deserialize, PartialEq)]
 pub(super) struct Envelope {
     pub(super) users: Vec<UserId>,
     pub(super) event: Event,
+}
+
+/// An envelope with its version, as read from the wire.
+#[derive(Deserialize)]
+struct Versioned {
+    v: u32,
+    #[serde(flatten)]
+    envelope: Envelope,
 }
 
 #[derive(Deserialize)]
@@ -38,20 +39,38 @@ pub(super) enum DecodeError {
     Malformed(#[source] serde_json::Error),
 }
 
-pub(super) fn encode(users: &[UserId], event: &Event) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&EnvelopeRef {
-        v: VERSION,
-        users,
-        event,
-    })
+/// An event serialized once, to be wrapped in one envelope per node.
+pub(super) struct EncodedEvent(Vec<u8>);
+
+impl EncodedEvent {
+    pub(super) fn new(event: &Event) -> Result<Self, serde_json::Error> {
+        serde_json::to_vec(event).map(Self)
+    }
 }
 
+/// The envelope for `users`, around an event serialized once for every node.
+pub(super) fn encode(users: &[UserId], event: &EncodedEvent) -> Result<Vec<u8>, serde_json::Error> {
+    let users = serde_json::to_vec(users)?;
+    let mut payload = Vec::with_capacity(32 + users.len() + event.0.len());
+    payload.extend_from_slice(format!(r#"{{"v":{VERSION},"users":"#).as_bytes());
+    payload.extend_from_slice(&users);
+    payload.extend_from_slice(br#","event":"#);
+    payload.extend_from_slice(&event.0);
+    payload.push(b'}');
+    Ok(payload)
+}
+
+/// Parses an envelope once; only a payload that does not parse is read again, for its
+/// version, so that a newer envelope is told apart from garbage.
 pub(super) fn decode(payload: &[u8]) -> Result<Envelope, DecodeError> {
-    let version: VersionOnly = serde_json::from_slice(payload).map_err(DecodeError::Malformed)?;
-    if version.v != VERSION {
-        return Err(DecodeError::Version(version.v));
+    match serde_json::from_slice::<Versioned>(payload) {
+        Ok(read) if read.v == VERSION => Ok(read.envelope),
+        Ok(read) => Err(DecodeError::Version(read.v)),
+        Err(err) => match serde_json::from_slice::<VersionOnly>(payload) {
+            Ok(version) if version.v != VERSION => Err(DecodeError::Version(version.v)),
+            _ => Err(DecodeError::Malformed(err)),
+        },
     }
-    serde_json::from_slice(payload).map_err(DecodeError::Malformed)
 }
 
 #[cfg(test)]
@@ -72,7 +91,7 @@ mod tests {
     #[test]
     fn envelopes_round_trip_with_their_version() {
         let users = [UserId::new("bob").unwrap(), UserId::new("carol").unwrap()];
-        let bytes = encode(&users, &typing()).unwrap();
+        let bytes = encode(&users, &EncodedEvent::new(&typing()).unwrap()).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["v"], 1);
         assert_eq!(json["users"], serde_json::json!(["bob", "carol"]));

@@ -392,12 +392,16 @@ where
         }
 
         // Queue every envelope before waiting for any: they travel concurrently.
+        // Serialized once, whatever the number of nodes.
+        let event =
+            envelope::EncodedEvent::new(&request.event).map_err(KafkaFanoutError::Encode)?;
         let (generation, producer) = self.producer();
         let mut queued = Vec::with_capacity(by_node.len());
         for (node, users) in by_node {
             let users: Vec<UserId> = users.into_iter().collect();
             let topic = self.config.node_topic(&node);
-            let delivery = match envelope::encode(&users, &request.event) {
+            let delivery = match envelope::encode(&users, &event).map_err(KafkaFanoutError::Encode)
+            {
                 Ok(payload) => producer
                     .send_result(
                         FutureRecord::<(), [u8]>::to(&topic)
@@ -408,7 +412,7 @@ where
                         topic: topic.clone(),
                         source,
                     }),
-                Err(err) => Err(KafkaFanoutError::Encode(err)),
+                Err(err) => Err(err),
             };
             queued.push((topic, delivery));
         }
