@@ -8,7 +8,8 @@ import os
 import sys
 
 out = sys.argv[1] if len(sys.argv) > 1 else "target/bench"
-TARGETS = [("messenger", "reference-server"), ("baseline", "baseline"), ("socketio", "Socket.IO peer")]
+TARGETS = [("messenger", "reference-server"), ("messenger-relaxed", "reference-server, --durability relaxed"),
+           ("baseline", "baseline"), ("socketio", "Socket.IO peer")]
 
 
 def load(name):

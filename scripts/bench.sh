@@ -3,7 +3,8 @@
 #
 #   scripts/bench.sh idle        # 1. memory per idle connection (19k per process, then SO_REUSEPORT)
 #   scripts/bench.sh handshake   # 2. connections/s, then every client reconnecting at once
-#   scripts/bench.sh latency     # 3. 1:1 send→deliver latency at increasing rates
+#   scripts/bench.sh latency     # 3. 1:1 send→deliver latency at increasing rates (the reference
+#                                #    server twice: durable acks, then --durability relaxed)
 #   scripts/bench.sh fanout      # 4. one 10,000-member group, and 100 groups of 100
 #   scripts/bench.sh all
 #
@@ -146,12 +147,20 @@ handshake() {
 }
 
 latency() {
-  for target in messenger baseline socketio; do
-    start_target "$target"
-    local rates="$peer_latency_rates"
+  # The reference server with and without the durable ack: `messenger` fsyncs every group
+  # commit before acknowledging (the default); `messenger-relaxed` runs --durability relaxed
+  # (no fsync per commit; an ack survives a crash of the process, not of the machine).
+  for run in messenger messenger-relaxed baseline socketio; do
+    local target="${run%-relaxed}" flags=() label=() rates="$peer_latency_rates"
+    if [[ "$run" == messenger-relaxed ]]; then
+      flags=(--durability relaxed)
+      label=(--label "reference-server, --durability relaxed")
+    fi
+    start_target "$target" "${flags[@]}"
     [[ "$target" == messenger ]] && rates="$latency_rates"
-    loadgen "latency-$target" latency --target "$target" --url "$url" --server-pid "$server_pid" \
-      --pairs "$latency_pairs" --rates "$rates" --step-secs "$step_secs" --drain-secs 3
+    loadgen "latency-$run" latency --target "$target" --url "$url" --server-pid "$server_pid" \
+      --pairs "$latency_pairs" --rates "$rates" --step-secs "$step_secs" --drain-secs 3 \
+      "${label[@]}"
     stop "$server_pid"
   done
 }

@@ -75,7 +75,7 @@ pub mod mysql;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 
-pub use embedded::{EmbeddedConfig, EmbeddedStore};
+pub use embedded::{Durability, EmbeddedConfig, EmbeddedStore};
 
 /// What a store backend implements: one plain async method per request of
 /// [`messenger_core::store`], with the semantics documented on each request type.

@@ -3,7 +3,9 @@
 //! checks that every acknowledged message is there, intact.
 //!
 //! The child is this test binary again, run with `STORE_CRASH_WRITER=<db path>` so that only
-//! [`writer_role`] does anything.
+//! [`writer_role`] does anything. It runs once with [`Durability::Full`] and once with
+//! [`Durability::Relaxed`] (`STORE_CRASH_DURABILITY=relaxed`): both promise that an
+//! acknowledged write survives a crash of the process.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -15,9 +17,10 @@ use messenger_core::{
     Body, ClientMsgId, ConversationId, DeviceId, Message, Seq, Timestamp, UserId, call,
 };
 use messenger_store::Store;
-use messenger_store::embedded::EmbeddedStore;
+use messenger_store::embedded::{Durability, EmbeddedConfig, EmbeddedStore};
 
 const WRITER_ENV: &str = "STORE_CRASH_WRITER";
+const DURABILITY_ENV: &str = "STORE_CRASH_DURABILITY";
 const WRITERS: usize = 64;
 const CONVERSATIONS: usize = 8;
 /// Acknowledgements the parent waits for before it kills the child.
@@ -42,8 +45,12 @@ fn writer_role() {
         .enable_all()
         .build()
         .expect("a runtime");
+    let mut config = EmbeddedConfig::new(path);
+    if std::env::var(DURABILITY_ENV).is_ok_and(|mode| mode == "relaxed") {
+        config.durability = Durability::Relaxed;
+    }
     runtime.block_on(async move {
-        let store = Store::new(EmbeddedStore::open(path).expect("open the store"));
+        let store = Store::new(EmbeddedStore::open_with(config).expect("open the store"));
         let counters: Arc<Vec<AtomicU64>> =
             Arc::new((0..CONVERSATIONS).map(|_| AtomicU64::new(0)).collect());
         let mut tasks = tokio::task::JoinSet::new();
@@ -89,11 +96,26 @@ fn acknowledged_appends_survive_sigkill() {
     if std::env::var(WRITER_ENV).is_ok() {
         return;
     }
+    crash_and_check("full");
+}
+
+#[test]
+fn relaxed_acknowledged_appends_survive_sigkill() {
+    if std::env::var(WRITER_ENV).is_ok() {
+        return;
+    }
+    crash_and_check("relaxed");
+}
+
+/// Runs the writer child with `durability`, kills it after [`KILL_AFTER`] acks, and checks
+/// every acknowledged append in the reopened file.
+fn crash_and_check(durability: &str) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join("crash.db");
     let mut child = Command::new(std::env::current_exe().expect("the test binary"))
         .args(["writer_role", "--exact", "--nocapture", "--test-threads=1"])
         .env(WRITER_ENV, &path)
+        .env(DURABILITY_ENV, durability)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -184,5 +206,8 @@ fn acknowledged_appends_survive_sigkill() {
         .await
         .expect("append after reopen");
     });
-    eprintln!("{} acknowledged appends checked after SIGKILL", acked.len());
+    eprintln!(
+        "{} acknowledged appends checked after SIGKILL ({durability})",
+        acked.len()
+    );
 }

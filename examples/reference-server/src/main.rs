@@ -20,7 +20,7 @@ use messenger_socket::media::{self, MediaConfig};
 use messenger_socket::presence::MemoryPresence;
 use messenger_socket::{Node, NodeConfig, Server, ServerConfig, Services};
 use messenger_store::mysql::MysqlStore;
-use messenger_store::{EmbeddedConfig, EmbeddedStore, Store, StoreBackend};
+use messenger_store::{Durability, EmbeddedConfig, EmbeddedStore, Store, StoreBackend};
 use tower::ServiceBuilder;
 use tracing_subscriber::EnvFilter;
 
@@ -51,6 +51,14 @@ struct Args {
         hide_env_values = true
     )]
     store: String,
+
+    /// What an acknowledged `send` survives with the embedded store: `full` (the default:
+    /// an fsync per group commit; survives a crash of the machine or a power loss) or
+    /// `relaxed` (no fsync per commit; survives a crash of this process, but a crash of the
+    /// OS or a power loss may take back the last acknowledged messages). Ignored by the
+    /// shared stores.
+    #[arg(long, env = "MESSENGER_DURABILITY", value_enum, default_value_t = DurabilityMode::Full)]
+    durability: DurabilityMode,
 
     /// How clients authenticate: `dev` trusts tokens of the form `user:device`; `jwt` checks
     /// HS256-signed tokens (claims `sub`, `device`, `exp`).
@@ -187,6 +195,12 @@ enum AuthMode {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum DurabilityMode {
+    Full,
+    Relaxed,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -242,12 +256,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.store == "embedded" {
         std::fs::create_dir_all(&args.data_dir)
             .map_err(|err| format!("cannot create {}: {err}", args.data_dir.display()))?;
-        let path = args.data_dir.join("messages.db");
-        let embedded = tokio::task::spawn_blocking(move || {
-            EmbeddedStore::open_with(EmbeddedConfig::new(path))
-        })
-        .await??;
-        tracing::info!(data_dir = %args.data_dir.display(), "embedded store");
+        let mut config = EmbeddedConfig::new(args.data_dir.join("messages.db"));
+        config.durability = match args.durability {
+            DurabilityMode::Full => Durability::Full,
+            DurabilityMode::Relaxed => Durability::Relaxed,
+        };
+        let durability = config.durability;
+        let embedded =
+            tokio::task::spawn_blocking(move || EmbeddedStore::open_with(config)).await??;
+        tracing::info!(data_dir = %args.data_dir.display(), ?durability, "embedded store");
         serve(Store::new(embedded), auth, args).await
     } else if args.store.starts_with("mysql://") {
         let mysql = MysqlStore::connect(args.store.clone())

@@ -1,5 +1,8 @@
 //! The embedded store: one SQLite file (WAL, `synchronous=FULL`) with our own group commit.
 //!
+//! [`Durability::Relaxed`] trades the fsync per commit for latency (`synchronous=NORMAL`): an
+//! acknowledged write then survives a crash of the process but not of the machine.
+//!
 //! Always built; it needs no server. One committer thread owns the only write connection and
 //! commits concurrent writes together in one transaction (one fsync per batch, a SAVEPOINT
 //! per write so a failing write is rolled back alone); a small pool of read connections serves
@@ -42,7 +45,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use self::committer::{CommitPolicy, WriteOp, WriteRequest, Written};
-pub use self::config::EmbeddedConfig;
+pub use self::config::{Durability, EmbeddedConfig};
 use self::error::EmbeddedError;
 use self::reader::ReadPool;
 use crate::StoreBackend;
@@ -99,7 +102,7 @@ impl EmbeddedStore {
         // `journal_mode` answers with the mode in force; WAL persists in the file.
         let _mode: String =
             writer.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-        writer.pragma_update(None, "synchronous", "FULL")?;
+        writer.pragma_update(None, "synchronous", config.durability.synchronous())?;
         schema::migrate(&mut writer)?;
 
         let reads = ReadPool::open(
