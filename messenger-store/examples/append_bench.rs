@@ -4,7 +4,9 @@
 //! `cargo run --release -p messenger-store --example append_bench [-- SECONDS]`
 //!
 //! Each configuration writes to a fresh file in a temp dir for SECONDS (default 5) and prints
-//! msgs/s, p50 and p99 latency of an acknowledged (durable) append, then the ratios.
+//! msgs/s, p50 and p99 latency of an acknowledged (durable) append, then the ratios. The
+//! group-commit runs also print how many writes a transaction carried on average. A last
+//! embedded run uses `Durability::Relaxed` (no fsync per commit).
 //!
 //! After the 64-writer group-commit run (and the 64-writer MySQL run), 16 readers sync for
 //! SECONDS: `ReadRange` pages of 50 entries at spread-out cursors over the conversations just
@@ -19,9 +21,13 @@
 //! idempotency look-up, the `INSERT`, the head upsert). The ratio of group commit to them is
 //! what our committer, channels and async callers cost.
 //!
-//! Built with `--features mysql` and with `MESSENGER_TEST_MYSQL_URL` set (see
-//! `scripts/mariadb.sh`), it also runs 64 writers and 1 writer on that MySQL/MariaDB database
-//! (fresh conversations each run) and prints their ratio to embedded group commit.
+//! Built with `--features mysql` and given `--mysql URL` (or with `MESSENGER_TEST_MYSQL_URL`
+//! set; see `scripts/mariadb.sh`), it also runs on that MySQL/MariaDB database (fresh
+//! conversations each run): 64 writers with group commit (`append_batch` 64), 64 writers with
+//! one transaction per append (`append_batch` 1, the store before group commit), and 1 writer,
+//! and prints the ratios:
+//!
+//! `cargo run --release -p messenger-store --features mysql --example append_bench -- 5 --mysql mysql://messenger:messenger@127.0.0.1:13306/messenger_test`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +36,7 @@ use messenger_core::store::{AppendMessage, ReadRange};
 use messenger_core::{
     Body, ClientMsgId, ConversationId, DeviceId, Message, Seq, Timestamp, UserId, call,
 };
-use messenger_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use messenger_store::embedded::{Durability, EmbeddedConfig, EmbeddedStore};
 use messenger_store::{Store, StoreBackend};
 
 #[derive(Debug)]
@@ -54,16 +60,27 @@ async fn run(
     name: &str,
     writers: usize,
     group_commit: bool,
+    durability: Durability,
     seconds: u64,
 ) -> Result<Figures, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let mut config = EmbeddedConfig::new(dir.path().join("bench.db"));
     config.group_commit = group_commit;
+    config.durability = durability;
     let store = Store::new(EmbeddedStore::open_with(config)?);
     let appended = run_on(name, store.clone(), "bench", writers, seconds).await?;
-    if group_commit && writers > 1 {
+    let stats = store.backend().commit_stats();
+    let batch = || {
+        println!(
+            "  {} transactions, {:.1} writes per transaction",
+            stats.transactions,
+            stats.writes as f64 / stats.transactions.max(1) as f64
+        );
+    };
+    if group_commit && writers > 1 && durability == Durability::Full {
         let per_conversation = (appended.msgs_per_sec * seconds as f64) as u64 / writers as u64;
         print_figures(&appended);
+        batch();
         let synced = sync_on(
             "  sync: 16 readers, pages of 50",
             &store,
@@ -74,6 +91,11 @@ async fn run(
         )
         .await?;
         print_figures(&synced);
+        return Ok(appended.silenced());
+    }
+    if group_commit && writers > 1 {
+        print_figures(&appended);
+        batch();
         return Ok(appended.silenced());
     }
     Ok(appended)
@@ -219,27 +241,33 @@ mod mysql {
 
     use super::{Figures, print_figures, run_on, sync_on};
 
-    /// The same appends on MySQL/MariaDB, when `MESSENGER_TEST_MYSQL_URL` names a database.
+    /// The same appends on MySQL/MariaDB at `url` (or `MESSENGER_TEST_MYSQL_URL`).
     pub(super) async fn run_all(
         seconds: u64,
+        url: Option<String>,
         embedded: &[Figures],
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let Ok(url) = std::env::var("MESSENGER_TEST_MYSQL_URL") else {
-            println!("(MySQL/MariaDB skipped: set MESSENGER_TEST_MYSQL_URL)");
+        let Some(url) = url.or_else(|| std::env::var("MESSENGER_TEST_MYSQL_URL").ok()) else {
+            println!("(MySQL/MariaDB skipped: pass --mysql URL or set MESSENGER_TEST_MYSQL_URL)");
             return Ok(());
         };
-        let mut config = MysqlConfig::new(url);
-        config.max_connections = 64;
-        let store = Store::new(MysqlStore::connect_with(config).await?);
         let run_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis();
         let mut figures = Vec::new();
-        for (name, writers) in [("mysql, 64 writers", 64), ("mysql, 1 writer", 1)] {
-            let prefix = format!("bench-{run_id}-{writers}");
+        for (name, writers, append_batch) in [
+            ("mysql, group commit, 64 writers", 64, 64),
+            ("mysql, one transaction per append, 64", 64, 1),
+            ("mysql, 1 writer", 1, 64),
+        ] {
+            let mut config = MysqlConfig::new(url.clone());
+            config.max_connections = 64;
+            config.append_batch = append_batch;
+            let store = Store::new(MysqlStore::connect_with(config).await?);
+            let prefix = format!("bench-{run_id}-{writers}-{append_batch}");
             let result = run_on(name, store.clone(), &prefix, writers, seconds).await?;
             print_figures(&result);
-            if writers > 1 {
+            if writers > 1 && append_batch > 1 {
                 let per_conversation =
                     (result.msgs_per_sec * seconds as f64) as u64 / writers as u64;
                 let synced = sync_on(
@@ -254,14 +282,22 @@ mod mysql {
                 print_figures(&synced);
             }
             figures.push(result);
+            store.backend().disconnect().await?;
         }
-        if let ([mysql_many, _], [group, ..]) = (&figures[..], embedded) {
+        if let ([grouped, alone, single], [group, ..]) = (&figures[..], embedded) {
             println!(
-                "mysql 64 writers / embedded group commit 64 writers: {:.2}x",
-                mysql_many.msgs_per_sec / group.msgs_per_sec
+                "mysql group commit / one transaction per append (64 writers): {:.2}x",
+                grouped.msgs_per_sec / alone.msgs_per_sec
+            );
+            println!(
+                "mysql group commit / 1 writer: {:.2}x",
+                grouped.msgs_per_sec / single.msgs_per_sec
+            );
+            println!(
+                "mysql group commit / embedded group commit (64 writers): {:.2}x",
+                grouped.msgs_per_sec / group.msgs_per_sec
             );
         }
-        store.backend().disconnect().await?;
         Ok(())
     }
 }
@@ -374,11 +410,20 @@ fn ceiling(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let seconds = std::env::args()
-        .nth(1)
-        .map(|arg| arg.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let mut seconds = 5;
+    let mut mysql_url: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--mysql" {
+            mysql_url = Some(args.next().ok_or("--mysql needs a URL")?);
+        } else {
+            seconds = arg.parse()?;
+        }
+    }
+    #[cfg(not(feature = "mysql"))]
+    if mysql_url.is_some() {
+        return Err("--mysql needs the example built with --features mysql".into());
+    }
     let configurations = [
         ("group commit, 64 writers", 64, true),
         ("one transaction per append, 64 writers", 64, false),
@@ -386,12 +431,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut figures = Vec::new();
     for (name, writers, group_commit) in configurations {
-        let result = run(name, writers, group_commit, seconds).await?;
+        let result = run(name, writers, group_commit, Durability::Full, seconds).await?;
         print_figures(&result);
         figures.push(result);
     }
+    let relaxed = run(
+        "group commit, 64 writers, relaxed",
+        64,
+        true,
+        Durability::Relaxed,
+        seconds,
+    )
+    .await?;
+    print_figures(&relaxed);
     #[cfg(feature = "mysql")]
-    mysql::run_all(seconds, &figures).await?;
+    mysql::run_all(seconds, mysql_url, &figures).await?;
     if let [group, single_transactions, single_writer] = &figures[..] {
         println!(
             "group commit / one transaction per append: {:.1}x",

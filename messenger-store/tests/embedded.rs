@@ -94,4 +94,84 @@ mod embedded_only {
         let err = EmbeddedStore::open(&path).expect_err("not a database");
         assert_eq!(err.backend(), Some("embedded"));
     }
+
+    /// Fresh appends and appends to taken seqs race into the committer's batches: the
+    /// conflicting ones fail alone, every fresh one is stored, and the stats count every write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_fails_alone_in_its_batch() {
+        use messenger_core::store::ReadRange;
+        use messenger_core::{Body, ClientMsgId, DeviceId, UserId};
+
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::new(EmbeddedStore::open(dir.path().join("m.db")).expect("open"));
+        let chat = ConversationId::new("g:mixed").expect("id");
+        let message = |seq: u64, key: String| Message {
+            conversation: chat.clone(),
+            seq: Seq(seq),
+            sender: UserId::new("alice").expect("id"),
+            sender_device: DeviceId::new("d").expect("id"),
+            client_msg_id: ClientMsgId::new(key).expect("id"),
+            sent_at: Timestamp(1),
+            body: Body::Text {
+                text: format!("text {seq}"),
+            },
+        };
+        // Odd seqs first, so each of the racing appends below to an odd seq is a conflict.
+        for seq in (1..=199).step_by(2) {
+            call(
+                &store,
+                AppendMessage {
+                    message: Arc::new(message(seq, format!("first-{seq}"))),
+                },
+            )
+            .await
+            .expect("append");
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for seq in 1..=200 {
+            let store = store.clone();
+            let message = message(seq, format!("second-{seq}"));
+            tasks.spawn(async move {
+                let outcome = call(
+                    &store,
+                    AppendMessage {
+                        message: Arc::new(message),
+                    },
+                )
+                .await;
+                (seq, outcome)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (seq, outcome) = joined.expect("the task runs");
+            if seq % 2 == 1 {
+                let err = outcome.expect_err("the seq is taken");
+                assert_eq!(err.kind(), ErrorKind::Conflict, "seq {seq}: {err}");
+            } else {
+                let appended = outcome.expect("a free seq");
+                assert!(!appended.duplicate);
+            }
+        }
+        let page = call(
+            &store,
+            ReadRange {
+                conversation: chat.clone(),
+                after: Seq::ZERO,
+                until: None,
+                limit: 1000,
+            },
+        )
+        .await
+        .expect("read");
+        assert_eq!(page.messages.len(), 200);
+        for stored in &page.messages {
+            let seq = stored.seq.get();
+            let round = if seq % 2 == 1 { "first" } else { "second" };
+            assert_eq!(stored.client_msg_id.as_str(), format!("{round}-{seq}"));
+        }
+        assert_eq!(page.head, Seq(200));
+        let stats = store.backend().commit_stats();
+        assert_eq!(stats.writes, 300);
+        assert!(stats.transactions >= 1 && stats.transactions <= 300);
+    }
 }

@@ -1,13 +1,20 @@
 //! The committer thread: the only writer, committing concurrent writes together.
 //!
-//! Writes arrive on a channel, each with a reply channel. The committer takes everything
-//! pending (up to `max_batch`), applies each write under its own SAVEPOINT inside one
-//! transaction (a failing write is rolled back alone), COMMITs once — one fsync for the whole
-//! batch — and only then replies. A caller therefore never hears "ok" for a write that is not
-//! durable.
+//! Writes arrive on a channel, each with a reply channel. The committer opens a transaction
+//! with the first write, applies it and everything else queued, and keeps taking writes that
+//! arrive while it applies (up to `max_batch`): only when the queue is empty does it COMMIT —
+//! one fsync for the whole batch — and only then does it reply. A caller therefore never hears
+//! "ok" for a write that is not durable.
+//!
+//! Writes are applied optimistically, without a SAVEPOINT each. If one fails, the whole
+//! transaction is rolled back and the batch is applied again with a SAVEPOINT per write, so the
+//! failing write is rolled back alone and the others commit, exactly as if each had its own
+//! savepoint from the start. Failures (a seq taken, a receipt past the head) are rare, so the
+//! common batch pays no savepoints.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use messenger_core::store::{
     Appended, CreateConversation, Created, MediaStatusSet, ReceiptUpdated, SetLastSeen,
@@ -56,30 +63,46 @@ pub(crate) struct CommitPolicy {
     pub(crate) group_commit: bool,
 }
 
+/// Counters of the committer, read by [`EmbeddedStore::commit_stats`](super::EmbeddedStore).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Transactions committed (or attempted).
+    pub(crate) transactions: AtomicU64,
+    /// Writes those transactions carried.
+    pub(crate) writes: AtomicU64,
+    /// Batches applied again with a savepoint per write because one write failed.
+    pub(crate) retried_with_savepoints: AtomicU64,
+}
+
 /// The committer's loop; returns when every sender is gone.
 pub(crate) fn run(
     mut conn: Connection,
     mut requests: mpsc::Receiver<WriteRequest>,
     policy: CommitPolicy,
+    counters: Arc<Counters>,
 ) {
     let max_batch = policy.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
+    let mut last_batch = 0;
     while let Some(first) = requests.blocking_recv() {
         batch.push(first);
-        while batch.len() < max_batch {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
         // A panic here would be a bug; it must not take the store down with it. The batch's
         // reply senders are dropped by the unwinding, so its callers get `Unavailable`, and
         // the transaction rolls back when it is dropped.
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             if policy.group_commit {
-                commit_batch(&mut conn, batch.drain(..));
+                last_batch = group_commit(
+                    &mut conn,
+                    &mut requests,
+                    &mut batch,
+                    max_batch,
+                    last_batch,
+                    &counters,
+                );
             } else {
                 for request in batch.drain(..) {
+                    counters.transactions.fetch_add(1, Ordering::Relaxed);
+                    counters.writes.fetch_add(1, Ordering::Relaxed);
                     commit_batch(&mut conn, std::iter::once(request));
                 }
             }
@@ -90,6 +113,104 @@ pub(crate) fn run(
         }
     }
     tracing::debug!("the store's committer stops: every handle is gone");
+}
+
+/// Commits `batch` (one write, to begin with) and every write that arrives while it is being
+/// applied, up to `max_batch`, in one transaction without savepoints; replies once committed.
+/// When a write fails, rolls everything back and commits the same writes with
+/// [`commit_batch`] (a savepoint each). Leaves `batch` empty.
+fn group_commit(
+    conn: &mut Connection,
+    requests: &mut mpsc::Receiver<WriteRequest>,
+    batch: &mut Vec<WriteRequest>,
+    max_batch: usize,
+    expected: usize,
+    counters: &Counters,
+) -> usize {
+    /// How often the committer yields its thread waiting for `expected` writes.
+    const MAX_YIELDS: u32 = 4;
+    counters.transactions.fetch_add(1, Ordering::Relaxed);
+    let now = Timestamp::now();
+    let mut written = Vec::with_capacity(max_batch);
+    let mut yields = 0;
+    let mut size = 0;
+    let failed = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Err(_) => true,
+        Ok(tx) => {
+            let mut failed = false;
+            'apply: loop {
+                while let Some(request) = batch.get(written.len()) {
+                    match apply(&tx, &request.op, now) {
+                        Ok(outcome) => written.push(outcome),
+                        Err(_) => {
+                            failed = true;
+                            break 'apply;
+                        }
+                    }
+                }
+                // Writes that arrived while these were applied join the same commit: a
+                // writer acknowledged by the previous commit has usually queued its next
+                // write by now.
+                while batch.len() < max_batch {
+                    match requests.try_recv() {
+                        Ok(request) => batch.push(request),
+                        Err(_) => break,
+                    }
+                }
+                if written.len() == batch.len() {
+                    // Fewer writes than the previous batch carried: its writers are probably
+                    // about to send their next ones. Let their threads run briefly rather
+                    // than pay a commit for a part of them.
+                    if batch.len() < expected && yields < MAX_YIELDS {
+                        yields += 1;
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    break;
+                }
+            }
+            if failed {
+                // Dropping the transaction rolls it back.
+                drop(tx);
+                true
+            } else {
+                size = batch.len();
+                counters
+                    .writes
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                match tx.commit() {
+                    Ok(()) => {
+                        for (request, outcome) in batch.drain(..).zip(written) {
+                            let _ = request.reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "the store could not commit a batch of writes");
+                        let err = Arc::new(err);
+                        for request in batch.drain(..) {
+                            let _ = request
+                                .reply
+                                .send(Err(EmbeddedError::BatchFailed(Arc::clone(&err))));
+                        }
+                    }
+                }
+                false
+            }
+        }
+    };
+    if failed {
+        // Applied again, each write under its own savepoint; the failing one fails alone.
+        counters
+            .retried_with_savepoints
+            .fetch_add(1, Ordering::Relaxed);
+        counters
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let size = batch.len();
+        commit_batch(conn, batch.drain(..));
+        return size;
+    }
+    size
 }
 
 /// Applies `requests` in one transaction, one savepoint each, commits, then replies.
