@@ -259,6 +259,7 @@ mod mysql {
             ("mysql, group commit, 64 writers", 64, 64),
             ("mysql, one transaction per append, 64", 64, 1),
             ("mysql, 1 writer", 1, 64),
+            ("mysql, 1 writer, one transaction each", 1, 1),
         ] {
             let mut config = MysqlConfig::new(url.clone());
             config.max_connections = 64;
@@ -284,7 +285,7 @@ mod mysql {
             figures.push(result);
             store.backend().disconnect().await?;
         }
-        if let ([grouped, alone, single], [group, ..]) = (&figures[..], embedded) {
+        if let ([grouped, alone, single, _], [group, ..]) = (&figures[..], embedded) {
             println!(
                 "mysql group commit / one transaction per append (64 writers): {:.2}x",
                 grouped.msgs_per_sec / alone.msgs_per_sec

@@ -51,6 +51,16 @@ pub struct MysqlConfig {
     ///
     /// Default: 3.
     pub deadlock_retries: u32,
+    /// The most appends committed together in one transaction (group commit: one redo-log
+    /// flush for all of them, multi-row statements). 1 commits every append on its own.
+    ///
+    /// Default: 64.
+    pub append_batch: usize,
+    /// How many batches of appends may be committing at once, each on its own connection of
+    /// the pool. While they are all busy, new appends queue and form the next batches.
+    ///
+    /// Default: 4.
+    pub append_committers: usize,
 }
 
 impl MysqlConfig {
@@ -73,6 +83,8 @@ impl Default for MysqlConfig {
             connect_timeout: Duration::from_secs(10),
             migrate: true,
             deadlock_retries: 3,
+            append_batch: 64,
+            append_committers: 4,
         }
     }
 }
@@ -87,6 +99,8 @@ impl fmt::Debug for MysqlConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("migrate", &self.migrate)
             .field("deadlock_retries", &self.deadlock_retries)
+            .field("append_batch", &self.append_batch)
+            .field("append_committers", &self.append_committers)
             .finish()
     }
 }

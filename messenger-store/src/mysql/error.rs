@@ -49,6 +49,8 @@ pub(crate) enum MysqlError {
     ConnectTimeout(std::time::Duration),
     #[error("the migrations' lock was not granted")]
     MigrationLock,
+    #[error("the store's append committers are gone")]
+    CommittersGone,
 }
 
 impl From<mysql_async::FromRowError> for MysqlError {
@@ -74,7 +76,7 @@ impl MysqlError {
         )
     }
 
-    fn kind(&self) -> ErrorKind {
+    pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             MysqlError::SeqTaken { .. } => ErrorKind::Conflict,
             MysqlError::PastHead { .. } | MysqlError::OutOfRange { .. } => {
@@ -82,7 +84,9 @@ impl MysqlError {
             }
             MysqlError::Media(refusal) => refusal.kind(),
             MysqlError::Mysql(err) => mysql_kind(err),
-            MysqlError::ConnectTimeout(_) | MysqlError::MigrationLock => ErrorKind::Unavailable,
+            MysqlError::ConnectTimeout(_)
+            | MysqlError::MigrationLock
+            | MysqlError::CommittersGone => ErrorKind::Unavailable,
             MysqlError::Corrupt(_)
             | MysqlError::Json(_)
             | MysqlError::SchemaTooNew { .. }

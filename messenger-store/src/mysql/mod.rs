@@ -7,6 +7,12 @@
 //! store: see `docs/store.md` for the tables, the dialect notes (MariaDB 10.6+ and MySQL 8)
 //! and how each request maps to SQL.
 //!
+//! Appends are group committed: concurrent appends are gathered by a few committer tasks and
+//! committed together, one transaction with multi-row statements per batch
+//! ([`MysqlConfig::append_batch`], [`MysqlConfig::append_committers`]), with the same
+//! outcome for each append as if it had its own transaction. The store must therefore be
+//! connected from within a tokio runtime, which keeps running while the store is used.
+//!
 //! # Cancellation safety
 //! Dropping a write's future may leave its transaction committed (when COMMIT had reached the
 //! server) or rolled back (the connection is dropped, and the server undoes what was not
@@ -25,6 +31,7 @@
 //! # }
 //! ```
 
+mod appender;
 mod codec;
 mod config;
 mod error;
@@ -33,6 +40,7 @@ mod schema;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
@@ -46,6 +54,7 @@ use messenger_core::{
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, TxOpts, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use self::codec::{CONVERSATION_COLUMNS, MESSAGE_COLUMNS, checked, take};
 pub use self::config::MysqlConfig;
@@ -61,6 +70,10 @@ const SESSION_SETUP: [&str; 2] = [
     "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
 ];
 
+/// The columns an `INSERT INTO messages` names, in the order of its values.
+const INSERT_COLUMNS: &str =
+    "conversation, seq, sender, sender_device, client_msg_id, sent_at, body";
+
 const INSERT_MESSAGE: &str = "INSERT INTO messages \
      (conversation, seq, sender, sender_device, client_msg_id, sent_at, body) \
      VALUES (?, ?, ?, ?, ?, ?, ?)";
@@ -72,6 +85,19 @@ const INSERT_MESSAGE: &str = "INSERT INTO messages \
 pub struct MysqlStore {
     pool: Pool,
     config: MysqlConfig,
+    /// The queue of the append committers (group commit); `None` when `append_batch` is 1.
+    appends: Option<mpsc::Sender<appender::Pending>>,
+    /// Appends inside this store right now (either path).
+    appending: AtomicUsize,
+}
+
+/// Counts an append in [`MysqlStore::appending`] until dropped (also when its future is).
+struct Appending<'a>(&'a AtomicUsize);
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for MysqlStore {
@@ -129,7 +155,25 @@ impl MysqlStore {
         let timeout = config.connect_timeout;
         let started = tokio::time::timeout(timeout, Self::prepare(&pool, &config)).await;
         match started {
-            Ok(Ok(())) => Ok(Self { pool, config }),
+            Ok(Ok(())) => {
+                let appends = (config.append_batch > 1).then(|| {
+                    appender::start(
+                        pool.clone(),
+                        appender::Batching {
+                            max_batch: config.append_batch,
+                            committers: config.append_committers,
+                            queue_capacity: config.append_batch.saturating_mul(64),
+                            deadlock_retries: config.deadlock_retries,
+                        },
+                    )
+                });
+                Ok(Self {
+                    pool,
+                    config,
+                    appends,
+                    appending: AtomicUsize::new(0),
+                })
+            }
             Ok(Err(err)) => {
                 let _ = pool.disconnect().await;
                 Err(err.into())
@@ -190,75 +234,6 @@ impl MysqlStore {
                 }
                 outcome => return outcome.map_err(Error::from),
             }
-        }
-    }
-
-    async fn append_once(&self, message: &Arc<Message>) -> Result<Appended, MysqlError> {
-        let seq = checked("seq", message.seq.get())?;
-        if seq == 0 {
-            return Err(MysqlError::OutOfRange {
-                what: "seq",
-                value: 0,
-            });
-        }
-        let sent_at = checked("sent_at", message.sent_at.as_millis())?;
-        let body = serde_json::to_vec(&message.body)?;
-        let conversation = message.conversation.as_str();
-        let mut tx = self.pool.start_transaction(TxOpts::default()).await?;
-        let inserted = tx
-            .exec_drop(
-                INSERT_MESSAGE,
-                (
-                    conversation,
-                    seq,
-                    message.sender.as_str(),
-                    message.sender_device.as_str(),
-                    message.client_msg_id.as_str(),
-                    sent_at,
-                    body,
-                ),
-            )
-            .await;
-        match inserted {
-            Ok(()) => {
-                raise_head(&mut tx, conversation, seq).await?;
-                project_membership(&mut tx, message).await?;
-                tx.commit().await?;
-                Ok(Appended {
-                    message: Arc::clone(message),
-                    duplicate: false,
-                })
-            }
-            Err(mysql_async::Error::Server(err)) if err.code == code::DUPLICATE_ENTRY => {
-                // Either the key was used before (a retry) or the seq is taken. The failed
-                // statement is undone alone; the transaction goes on.
-                let original = codec::message_by_key(
-                    &mut tx,
-                    conversation,
-                    message.sender.as_str(),
-                    message.client_msg_id.as_str(),
-                )
-                .await?;
-                let Some(original) = original else {
-                    tx.rollback().await?;
-                    return Err(MysqlError::SeqTaken {
-                        conversation: message.conversation.clone(),
-                        seq: message.seq,
-                    });
-                };
-                if original.seq != message.seq {
-                    // The retry was given a new seq: fill it with a void so no hole is left.
-                    let void =
-                        Message::void(message.conversation.clone(), message.seq, message.sent_at);
-                    insert_if_free(&mut tx, &void).await?;
-                }
-                tx.commit().await?;
-                Ok(Appended {
-                    message: Arc::new(original),
-                    duplicate: true,
-                })
-            }
-            Err(err) => Err(err.into()),
         }
     }
 
@@ -516,6 +491,95 @@ impl MysqlStore {
     }
 }
 
+/// One append in its own transaction, again after a deadlock or lock wait timeout (up to
+/// `retries` times): the path of a store without group commit, and of every append of a batch
+/// that could not commit together.
+async fn append_alone(
+    pool: &Pool,
+    retries: u32,
+    message: &Arc<Message>,
+) -> Result<Appended, Error> {
+    let mut retried = 0;
+    loop {
+        match append_once(pool, message).await {
+            Err(err) if err.is_retryable() && retried < retries => {
+                retried += 1;
+                tracing::debug!(error = %err, retries = retried, "retrying a store write");
+            }
+            outcome => return outcome.map_err(Error::from),
+        }
+    }
+}
+
+async fn append_once(pool: &Pool, message: &Arc<Message>) -> Result<Appended, MysqlError> {
+    let seq = checked("seq", message.seq.get())?;
+    if seq == 0 {
+        return Err(MysqlError::OutOfRange {
+            what: "seq",
+            value: 0,
+        });
+    }
+    let sent_at = checked("sent_at", message.sent_at.as_millis())?;
+    let body = serde_json::to_vec(&message.body)?;
+    let conversation = message.conversation.as_str();
+    let mut tx = pool.start_transaction(TxOpts::default()).await?;
+    let inserted = tx
+        .exec_drop(
+            INSERT_MESSAGE,
+            (
+                conversation,
+                seq,
+                message.sender.as_str(),
+                message.sender_device.as_str(),
+                message.client_msg_id.as_str(),
+                sent_at,
+                body,
+            ),
+        )
+        .await;
+    match inserted {
+        Ok(()) => {
+            raise_head(&mut tx, conversation, seq).await?;
+            project_membership(&mut tx, message).await?;
+            tx.commit().await?;
+            Ok(Appended {
+                message: Arc::clone(message),
+                duplicate: false,
+            })
+        }
+        Err(mysql_async::Error::Server(err)) if err.code == code::DUPLICATE_ENTRY => {
+            // Either the key was used before (a retry) or the seq is taken. The failed
+            // statement is undone alone; the transaction goes on.
+            let original = codec::message_by_key(
+                &mut tx,
+                conversation,
+                message.sender.as_str(),
+                message.client_msg_id.as_str(),
+            )
+            .await?;
+            let Some(original) = original else {
+                tx.rollback().await?;
+                return Err(MysqlError::SeqTaken {
+                    conversation: message.conversation.clone(),
+                    seq: message.seq,
+                });
+            };
+            if original.seq != message.seq {
+                // The retry was given a new seq: fill it with a void so no hole is left.
+                let void =
+                    Message::void(message.conversation.clone(), message.seq, message.sent_at);
+                insert_if_free(&mut tx, &void).await?;
+            }
+            tx.commit().await?;
+            Ok(Appended {
+                message: Arc::new(original),
+                duplicate: true,
+            })
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// Inserts `message` unless its seq is taken, raising the head when it was inserted.
 async fn insert_if_free(conn: &mut impl Queryable, message: &Message) -> Result<bool, MysqlError> {
     let seq = checked("seq", message.seq.get())?;
@@ -681,7 +745,24 @@ fn limit(limit: usize) -> u64 {
 
 impl StoreBackend for MysqlStore {
     async fn append(&self, request: AppendMessage) -> Result<Appended, Error> {
-        self.write(|| self.append_once(&request.message)).await
+        let _appending = Appending(&self.appending);
+        let alone = self.appending.fetch_add(1, Ordering::Relaxed) == 0;
+        // With no other append in flight there is nothing to batch with: the caller's task
+        // runs it at once, without the hop through a committer.
+        let (Some(appends), false) = (&self.appends, alone) else {
+            return append_alone(&self.pool, self.config.deadlock_retries, &request.message).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        let pending = appender::Pending {
+            message: request.message,
+            reply,
+        };
+        if appends.send(pending).await.is_err() {
+            return Err(MysqlError::CommittersGone.into());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(MysqlError::CommittersGone.into()))
     }
 
     async fn void_seq(&self, request: VoidSeq) -> Result<Arc<Message>, Error> {
