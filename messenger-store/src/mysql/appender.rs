@@ -211,11 +211,16 @@ fn key(message: &Message) -> Key<'_> {
     )
 }
 
-/// Sizes of the multi-row statements: `count` split into powers of two, largest first.
+/// The most rows one multi-row `INSERT` carries (7 placeholders each, far below the
+/// protocol's 65,535).
+const MAX_INSERT_ROWS: usize = 256;
+
+/// Sizes of the multi-row statements: `count` split into powers of two, largest first, none
+/// above [`MAX_INSERT_ROWS`].
 fn chunks(mut count: usize) -> Vec<usize> {
     let mut sizes = Vec::new();
     while count > 0 {
-        let size = 1 << count.ilog2();
+        let size = (1 << count.ilog2()).min(MAX_INSERT_ROWS);
         sizes.push(size);
         count -= size;
     }
@@ -387,5 +392,6 @@ mod tests {
         assert_eq!(chunks(45), vec![32, 8, 4, 1]);
         assert_eq!(chunks(64), vec![64]);
         assert_eq!(chunks(100).iter().sum::<usize>(), 100);
+        assert_eq!(chunks(600), vec![256, 256, 64, 16, 8]);
     }
 }
