@@ -9,7 +9,7 @@ import sys
 
 out = sys.argv[1] if len(sys.argv) > 1 else "target/bench"
 TARGETS = [("messenger", "reference-server"), ("messenger-relaxed", "reference-server, --durability relaxed"),
-           ("baseline", "baseline"), ("socketio", "Socket.IO peer")]
+           ("messenger-before", "reference-server, before (BENCH_BEFORE)"), ("baseline", "baseline"), ("socketio", "Socket.IO peer")]
 
 
 def load(name):

@@ -17,6 +17,10 @@
 # The box has 2 cores: by default the server under test is pinned to CPU 0 and the load
 # generator to CPU 1 (`taskset`), so neither steals the other's core. BENCH_SERVER_CPUS and
 # BENCH_LOADGEN_CPUS change that (empty: no pinning). Sizes: see the variables below.
+#
+# BENCH_BEFORE=PATH (a reference-server binary of an earlier commit) adds that server to
+# every scenario as `messenger-before`, with the same flags and load, so a change is measured
+# against what it replaced in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +42,7 @@ step_secs="${BENCH_STEP_SECS:-5}"
 big_group="${BENCH_BIG_GROUP:-10000}"
 big_group_rates="${BENCH_BIG_GROUP_RATES:-5,20,50,100}"
 small_group_rates="${BENCH_SMALL_GROUP_RATES:-100,1000,5000,10000}"
+before="${BENCH_BEFORE:-}"
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 bin="$target_dir/release"
@@ -88,12 +93,14 @@ stop() { # stop PID...
 }
 
 # Starts one of the three servers on $port; sets server_pid and url.
-start_target() { # start_target messenger|baseline|socketio [extra flags]
+start_target() { # start_target messenger|messenger-before|baseline|socketio [extra flags]
   local target="$1"; shift
+  local server="$bin/reference-server"
   case "$target" in
-    messenger)
+    messenger | messenger-before)
+      [[ "$target" == messenger-before ]] && server="$before"
       rm -rf "$work/data"
-      RUST_LOG=warn start "$work/ref.log" "$bin/reference-server" --listen "127.0.0.1:$port" \
+      RUST_LOG=warn start "$work/ref.log" "$server" --listen "127.0.0.1:$port" \
         --data-dir "$work/data" --max-connections 19900 --max-group-members 20000 "$@"
       url="ws://127.0.0.1:$port/ws" ;;
     baseline)
@@ -106,6 +113,14 @@ start_target() { # start_target messenger|baseline|socketio [extra flags]
   esac
 }
 
+# The servers each scenario runs, in order: the reference server (and the earlier build, with
+# BENCH_BEFORE), the baseline, the Socket.IO peer.
+targets() {
+  echo messenger
+  [[ -n "$before" ]] && echo messenger-before
+  echo baseline socketio
+}
+
 loadgen() { # loadgen NAME ARGS...
   local name="$1"; shift
   echo "\$ loadgen $* --json $out/$name.json" >&2
@@ -113,10 +128,10 @@ loadgen() { # loadgen NAME ARGS...
 }
 
 idle() {
-  for target in messenger baseline socketio; do
+  for target in $(targets); do
     start_target "$target"
     sleep 1
-    loadgen "idle-$target" idle --target "$target" --url "$url" \
+    loadgen "idle-$target" idle --target "${target%-before}" --url "$url" \
       --connections "$idle_connections" --hold-secs 5 --server-pid "$server_pid"
     stop "$server_pid"
   done
@@ -138,9 +153,9 @@ idle() {
 }
 
 handshake() {
-  for target in messenger baseline socketio; do
+  for target in $(targets); do
     start_target "$target"
-    loadgen "handshake-$target" handshake --target "$target" --url "$url" \
+    loadgen "handshake-$target" handshake --target "${target%-before}" --url "$url" \
       --connections "$handshake_connections"
     stop "$server_pid"
   done
@@ -150,15 +165,18 @@ latency() {
   # The reference server with and without the durable ack: `messenger` fsyncs every group
   # commit before acknowledging (the default); `messenger-relaxed` runs --durability relaxed
   # (no fsync per commit; an ack survives a crash of the process, not of the machine).
-  for run in messenger messenger-relaxed baseline socketio; do
+  # With BENCH_BEFORE, the earlier build runs durable too (`messenger-before`).
+  local runs=(messenger messenger-relaxed)
+  [[ -n "$before" ]] && runs+=(messenger-before)
+  for run in "${runs[@]}" baseline socketio; do
     local target="${run%-relaxed}" flags=() label=() rates="$peer_latency_rates"
     if [[ "$run" == messenger-relaxed ]]; then
       flags=(--durability relaxed)
       label=(--label "reference-server, --durability relaxed")
     fi
     start_target "$target" "${flags[@]}"
-    [[ "$target" == messenger ]] && rates="$latency_rates"
-    loadgen "latency-$run" latency --target "$target" --url "$url" --server-pid "$server_pid" \
+    [[ "$target" == messenger* ]] && rates="$latency_rates"
+    loadgen "latency-$run" latency --target "${target%-before}" --url "$url" --server-pid "$server_pid" \
       --pairs "$latency_pairs" --rates "$rates" --step-secs "$step_secs" --drain-secs 3 \
       "${label[@]}"
     stop "$server_pid"
@@ -166,13 +184,13 @@ latency() {
 }
 
 fanout() {
-  for target in messenger baseline socketio; do
+  for target in $(targets); do
     start_target "$target"
-    loadgen "fanout-big-$target" fanout --target "$target" --url "$url" --server-pid "$server_pid" \
+    loadgen "fanout-big-$target" fanout --target "${target%-before}" --url "$url" --server-pid "$server_pid" \
       --groups 1 --members "$big_group" --rates "$big_group_rates" --step-secs "$step_secs"
     stop "$server_pid"
     start_target "$target"
-    loadgen "fanout-small-$target" fanout --target "$target" --url "$url" --server-pid "$server_pid" \
+    loadgen "fanout-small-$target" fanout --target "${target%-before}" --url "$url" --server-pid "$server_pid" \
       --groups 100 --members 100 --rates "$small_group_rates" --step-secs "$step_secs"
     stop "$server_pid"
   done
