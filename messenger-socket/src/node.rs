@@ -25,6 +25,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
+use crate::last_seen::LastSeenWriter;
 use crate::members::MemberCacheStats;
 
 /// The services a node composes. Implemented by [`Services`]; integrators rarely implement it
@@ -181,6 +182,7 @@ pub(crate) struct NodeInner<B> {
     pub(crate) shutdown: watch::Sender<bool>,
     events: Option<EventSink>,
     media: Option<Arc<crate::media::MediaState>>,
+    last_seen: Arc<LastSeenWriter>,
 }
 
 /// Why an operation was refused: the code and message of the error frame.
@@ -250,6 +252,7 @@ impl<B: Backends> Node<B> {
                 shutdown,
                 events: None,
                 media: None,
+                last_seen: Arc::default(),
             }),
         }
     }
@@ -321,6 +324,19 @@ impl<B: Backends> Node<B> {
         if let Some(sink) = &self.inner.events {
             sink(event);
         }
+    }
+
+    /// Records that `user` was online at `at` without waiting: the time is written behind,
+    /// in batches (see [`crate::last_seen`]).
+    pub(crate) fn record_last_seen(&self, user: &UserId, at: Timestamp) {
+        self.inner
+            .last_seen
+            .record(self.services().store(), user, at);
+    }
+
+    /// Writes every last-seen time recorded so far and waits for the writes.
+    pub(crate) async fn flush_last_seen(&self) {
+        self.inner.last_seen.flush(self.services().store()).await;
     }
 
     /// The conversation and its members, from a short-lived cache (see [`crate::members`]).
@@ -407,21 +423,27 @@ impl<B: Backends> Node<B> {
         body: Body,
     ) -> Result<Result<Pending, Stored>, Refusal> {
         let (info, _) = self.membership(&conversation, &identity.user).await?;
-        let earlier = call(
-            self.services().store(),
-            FindMessage {
-                conversation: conversation.clone(),
-                sender: identity.user.clone(),
-                client_msg_id: client_msg_id.clone(),
-            },
-        )
-        .await?;
-        if let Some(message) = earlier {
-            return Ok(Err(Stored {
-                message,
-                duplicate: true,
-                fanout: None,
-            }));
+        // Idempotency is the append's: it finds an earlier entry with this key atomically and
+        // answers it (voiding the new seq). Looking first costs a store read per send and only
+        // spares that void on a retry, so only media sends look first: their pending upload
+        // must not be recorded for a seq that ends up void.
+        if matches!(body, Body::Media(_)) {
+            let earlier = call(
+                self.services().store(),
+                FindMessage {
+                    conversation: conversation.clone(),
+                    sender: identity.user.clone(),
+                    client_msg_id: client_msg_id.clone(),
+                },
+            )
+            .await?;
+            if let Some(message) = earlier {
+                return Ok(Err(Stored {
+                    message,
+                    duplicate: true,
+                    fanout: None,
+                }));
+            }
         }
         let seq = call(
             self.services().sequencer(),
@@ -932,6 +954,11 @@ impl<B: Backends> Node<B> {
             },
         )
         .await?;
+        // Times recorded here and not yet written are written first: the answer is durable.
+        self.inner
+            .last_seen
+            .flush_users(self.services().store(), &users)
+            .await;
         let seen = call(self.services().store(), GetLastSeen { users }).await?;
         Ok(seen
             .into_iter()
