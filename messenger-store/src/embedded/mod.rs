@@ -118,6 +118,7 @@ impl EmbeddedStore {
         let _mode: String =
             writer.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         writer.pragma_update(None, "synchronous", config.durability.synchronous())?;
+        reader::stable_plans(&writer)?;
         schema::migrate(&mut writer)?;
 
         let reads = ReadPool::open(
