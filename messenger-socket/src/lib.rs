@@ -62,6 +62,7 @@ pub mod auth;
 pub mod client;
 mod connection;
 pub mod hub;
+mod io;
 pub mod media;
 pub mod members;
 mod node;
