@@ -693,14 +693,30 @@ impl<B: Backends> Connection<B> {
             // from the store, so dropping them here loses nothing and duplicates nothing.
             return false;
         }
-        let track = self
-            .tracks
-            .entry(message.conversation.clone())
+        let (track, known) = match self.tracks.entry(message.conversation.clone()) {
+            std::collections::hash_map::Entry::Occupied(entry) => (entry.into_mut(), true),
             // A conversation first seen live (a group the user was just added to): its
-            // whole log is read from the store, from seq 0.
-            .or_insert_with(|| Track::new(Seq::ZERO));
+            // whole log is read from the store, from seq 0, right away.
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                (entry.insert(Track::new(Seq::ZERO)), false)
+            }
+        };
         if message.seq <= track.delivered {
             return false;
+        }
+        if known
+            && message.seq > track.delivered.next()
+            && track.missing_since.is_none()
+            && track.retry_at.is_none()
+            && !track.fetching
+        {
+            // A new gap in a live stream: the missing entries are most likely still on their
+            // way (sends are stored concurrently, so the fanout can hand entries over out of
+            // order). Give them a moment before asking the store, rather than one store read
+            // per connection of a large group for every reordering.
+            let now = Instant::now();
+            track.missing_since = Some(now);
+            track.retry_at = Some(now + HOLE_RETRY);
         }
         track.known_head = track.known_head.max(message.seq);
         track
