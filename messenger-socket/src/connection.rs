@@ -3,9 +3,10 @@
 //! [`serve_connection`] is generic over the byte stream, so tests can drive it over
 //! `tokio::io::duplex` and servers over TCP or TLS.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
@@ -25,20 +26,21 @@ use messenger_core::{
     ReceiptKind, RequestId, Role, Seq, Timestamp, UserId, call,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, mpsc};
-use tokio::time::{Sleep, sleep_until, timeout};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 
-use crate::hub::{ConnectionHandle, Outbound};
+use crate::hub::{ConnectionHandle, Outbound, Taken};
 use crate::node::{Backends, Node, Refusal};
 
 /// How long to wait before asking the store again for a seq that is still missing.
 const HOLE_RETRY: Duration = Duration::from_millis(50);
-/// Queued items written before the connection flushes and looks at its socket again.
-const WRITE_BATCH: usize = 256;
+/// Batches taken from the queue (beyond the one that woke the connection) before it flushes
+/// and looks at its socket again.
+const WRITE_BATCHES: usize = 4;
 
 /// Serves one WebSocket connection until it closes.
 ///
@@ -64,13 +66,11 @@ where
         Ok(Ok(identity)) => identity,
     };
 
-    let (queue, outbound) = mpsc::channel(config.outbound_queue.max(16));
-    let handle = ConnectionHandle {
-        id: node.next_connection_id(),
-        device: identity.device.clone(),
-        queue,
-        overflow: Arc::new(Notify::new()),
-    };
+    let handle = ConnectionHandle::new(
+        node.next_connection_id(),
+        identity.device.clone(),
+        config.outbound_queue.max(16),
+    );
     node.hub().register(&identity.user, handle.clone());
     node.ensure_presence_feed().await;
     let now = Timestamp::now();
@@ -98,13 +98,20 @@ where
     });
     tracing::debug!(user = %identity.user, device = %identity.device, connection = handle.id, "connected");
 
+    // The send worker starts with the first `send`: an idle connection carries none.
     let mut connection = Connection::new(node.clone(), identity, handle, SendWorker::default());
-    let end = connection.run(&mut ws, outbound).await;
+    // What stays alive in this task while the connection idles is its memory per
+    // connection: the rare, large steps (closing, finishing) are boxed so they take room only
+    // while they run.
+    drop(config);
+    let end = connection.run(&mut ws).await;
     match end {
-        End::Close(code, reason) => close_with(&mut ws, code, &reason, &config).await,
+        End::Close(code, reason) => {
+            Box::pin(close_with(&mut ws, code, &reason, node.config())).await;
+        }
         End::Quiet => {}
     }
-    connection.finish().await;
+    Box::pin(connection.finish()).await;
 }
 
 /// Reads the `hello` frame and authenticates. `Err(Some(close))` closes with a code;
@@ -386,13 +393,15 @@ struct Connection<B> {
     synced: bool,
     tracks: HashMap<ConversationId, Track>,
     pending_sync: Option<PendingSync>,
-    tasks: FuturesUnordered<Task>,
+    /// Store reads in flight; created by the first one, dropped when the last one is done.
+    tasks: Option<FuturesUnordered<Task>>,
     hole_deadline: Option<Instant>,
     watched: HashSet<UserId>,
     bad_frames: u32,
     frames: DefaultDirectRateLimiter,
     typing: DefaultDirectRateLimiter,
     last_inbound: Instant,
+    write_timeout: Duration,
 }
 
 /// One clock for every rate limiter. Creating a clock calibrates it (CPUID instructions, which
@@ -409,6 +418,7 @@ fn limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
 impl<B: Backends> Connection<B> {
     fn new(node: Node<B>, identity: Identity, handle: ConnectionHandle, sends: SendWorker) -> Self {
         let limits = node.config().limits.clone();
+        let node_write_timeout = node.config().write_timeout;
         Self {
             node,
             identity,
@@ -417,7 +427,7 @@ impl<B: Backends> Connection<B> {
             synced: false,
             tracks: HashMap::new(),
             pending_sync: None,
-            tasks: FuturesUnordered::new(),
+            tasks: None,
             hole_deadline: None,
             watched: HashSet::new(),
             bad_frames: 0,
@@ -427,94 +437,160 @@ impl<B: Backends> Connection<B> {
             ),
             typing: limiter(limits.typing_per_second, limits.typing_per_second),
             last_inbound: Instant::now(),
+            write_timeout: node_write_timeout,
         }
     }
 
-    async fn run<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        mut outbound: mpsc::Receiver<Outbound>,
-    ) -> End
+    /// Runs the connection until it ends; then refuses further pushes to its queue.
+    async fn run<S>(&mut self, ws: &mut WebSocketStream<S>) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let config = self.node.config().clone();
+        let end = self.serve(ws).await;
+        self.handle.queue.close();
+        end
+    }
+
+    async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let ping_interval = self.node.config().ping_interval;
         let mut shutdown = self.node.inner.shutdown.subscribe();
-        let overflow = Arc::clone(&self.handle.overflow);
-        let mut ping = tokio::time::interval(config.ping_interval);
-        ping.tick().await;
+        if *shutdown.borrow_and_update() {
+            return Box::pin(self.reconnect_notice(ws)).await;
+        }
+        // Created once: a fresh `changed()` per wake-up would lock the watch's waiter list
+        // twice per loop.
+        let shutdown_changed = shutdown.changed();
+        tokio::pin!(shutdown_changed);
+        let queue = Arc::clone(&self.handle.queue);
         let expiry = self.identity.expires_at.map(|at| {
             let left = at.as_millis().saturating_sub(Timestamp::now().as_millis());
             tokio::time::Instant::now() + Duration::from_millis(left)
         });
-        let mut expiry_timer: std::pin::Pin<Box<Sleep>> =
-            Box::pin(sleep_until(expiry.unwrap_or_else(|| {
-                tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
-            })));
-        let mut hole_timer: std::pin::Pin<Box<Sleep>> =
-            Box::pin(sleep_until(tokio::time::Instant::now()));
-        if *shutdown.borrow_and_update() {
-            return self.reconnect_notice(ws).await;
-        }
+        // One timer for the ping, the token's expiry and the hole retry: the earliest of them.
+        let mut next_ping = tokio::time::Instant::now() + ping_interval;
+        let timer = sleep_until(next_ping);
+        tokio::pin!(timer);
+        // A fired timer stays ready until reset.
+        let mut fired = false;
 
         loop {
-            if let Some(deadline) = self.hole_deadline {
-                hole_timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::from_std(deadline));
+            let mut deadline = next_ping;
+            if let Some(expiry) = expiry {
+                deadline = deadline.min(expiry);
+            }
+            if let Some(hole) = self.hole_deadline {
+                deadline = deadline.min(tokio::time::Instant::from_std(hole));
+            }
+            if fired || timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+                fired = false;
             }
             let step = tokio::select! {
                 biased;
-                _ = shutdown.changed() => Step::Shutdown,
-                () = overflow.notified() => Step::Overflow,
-                () = &mut expiry_timer, if expiry.is_some() => Step::Expired,
-                item = outbound.recv() => Step::Outbound(item),
-                done = self.tasks.next(), if !self.tasks.is_empty() => Step::Done(done),
+                _ = &mut shutdown_changed => Step::Shutdown,
+                taken = std::future::poll_fn(|cx| queue.poll_take(cx)) => match taken {
+                    Taken::Overflowed => Step::Overflow,
+                    Taken::Items(items) => Step::Outbound(items),
+                },
+                done = next_done(&mut self.tasks), if self.tasks.is_some() => Step::Done(done),
                 frame = ws.next() => Step::Inbound(frame),
-                () = &mut hole_timer, if self.hole_deadline.is_some() => Step::Holes,
-                _ = ping.tick() => Step::Ping,
+                () = &mut timer => Step::Timer,
             };
             let result = match step {
-                Step::Shutdown => return self.reconnect_notice(ws).await,
+                // Rare or per inbound frame: boxed, so that the loop's own future (which an
+                // idle connection keeps) stays small.
+                Step::Shutdown => return Box::pin(self.reconnect_notice(ws)).await,
                 Step::Overflow => {
                     return End::Close(close::SLOW_CONSUMER, "outgoing queue overflowed".into());
                 }
-                Step::Expired => return End::Close(close::TOKEN_EXPIRED, "token expired".into()),
-                Step::Outbound(Some(item)) => self.outbound(ws, item).await,
-                Step::Outbound(None) => return End::Quiet,
-                Step::Done(Some(done)) => self.done(ws, done).await,
-                Step::Done(None) => Ok(()),
-                Step::Inbound(frame) => self.inbound(ws, frame).await,
-                Step::Holes => {
-                    self.hole_deadline = None;
-                    self.pump_waiting(ws).await
-                }
-                Step::Ping => {
-                    if self.last_inbound.elapsed() > config.ping_interval * 3 {
-                        return End::Quiet;
+                Step::Outbound(items) => self.outbound_batch(ws, items).await,
+                Step::Done(done) => {
+                    if self.tasks.as_ref().is_some_and(FuturesUnordered::is_empty) {
+                        self.tasks = None;
                     }
-                    feed(ws, tungstenite::Message::Ping(Default::default()), &config).await
+                    match done {
+                        Some(done) => Box::pin(self.done(ws, done)).await,
+                        None => Ok(()),
+                    }
+                }
+                Step::Inbound(frame) => Box::pin(self.inbound(ws, frame)).await,
+                Step::Timer => {
+                    fired = true;
+                    let now = tokio::time::Instant::now();
+                    if expiry.is_some_and(|at| at <= now) {
+                        return End::Close(close::TOKEN_EXPIRED, "token expired".into());
+                    }
+                    let mut result = Ok(());
+                    if self
+                        .hole_deadline
+                        .is_some_and(|at| tokio::time::Instant::from_std(at) <= now)
+                    {
+                        self.hole_deadline = None;
+                        result = Box::pin(self.pump_waiting(ws)).await;
+                    }
+                    if result.is_ok() && next_ping <= now {
+                        next_ping = now + ping_interval;
+                        // Idle long enough for a ping: free the queue's buffer.
+                        self.handle.queue.release();
+                        if self.last_inbound.elapsed() > ping_interval * 3 {
+                            return End::Quiet;
+                        }
+                        result = feed(
+                            ws,
+                            tungstenite::Message::Ping(Default::default()),
+                            self.write_timeout,
+                        )
+                        .await;
+                    }
+                    result
                 }
             };
             if let Err(end) = result {
                 return end;
             }
-            // Write what else is queued, then flush once: one syscall for many frames.
-            let mut written = 0;
-            while written < WRITE_BATCH {
-                let Ok(item) = outbound.try_recv() else {
+            // Write what else was queued meanwhile, then flush once: one syscall for many
+            // frames, one write deadline per batch.
+            let mut batches = 0;
+            while batches < WRITE_BATCHES {
+                let Some(items) = queue.try_take() else {
                     break;
                 };
-                if let Err(end) = self.outbound(ws, item).await {
+                if let Err(end) = self.outbound_batch(ws, items).await {
                     return end;
                 }
-                written += 1;
+                batches += 1;
             }
-            match timeout(config.write_timeout, ws.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return End::Quiet,
+            if let Err(end) = flush(ws, self.write_timeout).await {
+                return end;
             }
         }
+    }
+
+    /// Writes a batch taken from the queue, in order, then hands its buffer back to the
+    /// queue.
+    async fn outbound_batch<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        mut items: VecDeque<Outbound>,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        while let Some(item) = items.pop_front() {
+            self.outbound(ws, item).await?;
+        }
+        self.handle.queue.recycle(items);
+        Ok(())
+    }
+
+    /// Queues a store read whose result comes back through [`Step::Done`].
+    fn spawn_task(&mut self, task: Task) {
+        self.tasks
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(task);
     }
 
     async fn reconnect_notice<S>(&mut self, ws: &mut WebSocketStream<S>) -> End
@@ -525,8 +601,12 @@ impl<B: Backends> Connection<B> {
             after_ms: 500,
             reason: "server shutting down".into(),
         };
-        let config = self.node.config().clone();
-        let _ = feed(ws, tungstenite::Message::text(frame.to_json()), &config).await;
+        let _ = feed(
+            ws,
+            tungstenite::Message::text(frame.to_json()),
+            self.write_timeout,
+        )
+        .await;
         End::Close(close::SERVICE_RESTART, "server shutting down".into())
     }
 
@@ -572,9 +652,32 @@ impl<B: Backends> Connection<B> {
         match item {
             Outbound::Frame(text) => self.write_text(ws, text).await,
             Outbound::Entry(message, text) => {
+                if !self.synced {
+                    // See `hold`: the device's sync reads these from the store.
+                    return Ok(());
+                }
+                // Fast path, the common case of a live fanout: the entry is exactly the next
+                // one of its conversation and nothing is held or known beyond it. Written
+                // straight away, without going through the held map.
+                if let Some(track) = self.tracks.get_mut(&message.conversation) {
+                    if message.seq == track.delivered.next()
+                        && track.held.is_empty()
+                        && track.known_head <= message.seq
+                    {
+                        track.delivered = message.seq;
+                        track.known_head = message.seq;
+                        track.missing_since = None;
+                        track.retry_at = None;
+                        feed(ws, tungstenite::Message::Text(text), self.write_timeout).await?;
+                        if self.pending_sync.is_some() {
+                            Box::pin(self.check_synced(ws, Some(&message.conversation))).await?;
+                        }
+                        return Ok(());
+                    }
+                }
                 let conversation = message.conversation.clone();
                 if self.hold(message, Some(text)) {
-                    self.pump(ws, &conversation).await?;
+                    Box::pin(self.pump(ws, &conversation)).await?;
                 }
                 Ok(())
             }
@@ -589,8 +692,7 @@ impl<B: Backends> Connection<B> {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let config = self.node.config().clone();
-        feed(ws, tungstenite::Message::Text(text), &config).await
+        feed(ws, tungstenite::Message::Text(text), self.write_timeout).await
     }
 
     async fn reply<S>(&mut self, ws: &mut WebSocketStream<S>, frame: ServerFrame) -> Result<(), End>
@@ -608,14 +710,30 @@ impl<B: Backends> Connection<B> {
             // from the store, so dropping them here loses nothing and duplicates nothing.
             return false;
         }
-        let track = self
-            .tracks
-            .entry(message.conversation.clone())
+        let (track, known) = match self.tracks.entry(message.conversation.clone()) {
+            std::collections::hash_map::Entry::Occupied(entry) => (entry.into_mut(), true),
             // A conversation first seen live (a group the user was just added to): its
-            // whole log is read from the store, from seq 0.
-            .or_insert_with(|| Track::new(Seq::ZERO));
+            // whole log is read from the store, from seq 0, right away.
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                (entry.insert(Track::new(Seq::ZERO)), false)
+            }
+        };
         if message.seq <= track.delivered {
             return false;
+        }
+        if known
+            && message.seq > track.delivered.next()
+            && track.missing_since.is_none()
+            && track.retry_at.is_none()
+            && !track.fetching
+        {
+            // A new gap in a live stream: the missing entries are most likely still on their
+            // way (sends are stored concurrently, so the fanout can hand entries over out of
+            // order). Give them a moment before asking the store, rather than one store read
+            // per connection of a large group for every reordering.
+            let now = Instant::now();
+            track.missing_since = Some(now);
+            track.retry_at = Some(now + HOLE_RETRY);
         }
         track.known_head = track.known_head.max(message.seq);
         track
@@ -635,7 +753,9 @@ impl<B: Backends> Connection<B> {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let config = self.node.config().clone();
+        let write_timeout = self.write_timeout;
+        let sync_page = self.node.config().sync_page;
+        let void_after = self.node.config().void_after;
         let Some(track) = self.tracks.get_mut(conversation) else {
             return Ok(());
         };
@@ -660,7 +780,7 @@ impl<B: Backends> Connection<B> {
                     .to_json(),
                 )
             });
-            feed(ws, tungstenite::Message::Text(text), &config).await?;
+            feed(ws, tungstenite::Message::Text(text), write_timeout).await?;
         }
         if progressed {
             track.missing_since = None;
@@ -679,9 +799,9 @@ impl<B: Backends> Connection<B> {
                     let store = self.node.services().store().clone();
                     let conversation = conversation.clone();
                     let until = track.known_head;
-                    let limit = config.sync_page;
-                    let void = now.duration_since(missing_since) >= config.void_after;
-                    self.tasks.push(Box::pin(async move {
+                    let limit = sync_page;
+                    let void = now.duration_since(missing_since) >= void_after;
+                    self.spawn_task(Box::pin(async move {
                         let result = if void {
                             // Missing too long: store it as void (or get what landed).
                             call(
@@ -937,7 +1057,7 @@ impl<B: Backends> Connection<B> {
             ClientFrame::Sync { cursors } => {
                 let store = node.services().store().clone();
                 let user = me.user.clone();
-                self.tasks.push(Box::pin(async move {
+                self.spawn_task(Box::pin(async move {
                     let result = call(&store, UserConversations { user }).await;
                     Done::SyncLoaded(result, cursors)
                 }));
@@ -1251,23 +1371,53 @@ fn check_user_count(users: &[UserId], max: usize) -> Result<(), Refusal> {
 enum Step {
     Shutdown,
     Overflow,
-    Expired,
-    Outbound(Option<Outbound>),
+    Outbound(VecDeque<Outbound>),
     Done(Option<Done>),
     Inbound(Option<Result<tungstenite::Message, tungstenite::Error>>),
-    Holes,
-    Ping,
+    Timer,
 }
 
+/// The next finished store read; never resolves while none is in flight.
+async fn next_done(tasks: &mut Option<FuturesUnordered<Task>>) -> Option<Done> {
+    match tasks {
+        Some(tasks) => tasks.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Buffers `message` for writing. A frame that fits the write buffer costs no timer: the
+/// write deadline is armed only when the socket pushes back.
 async fn feed<S>(
     ws: &mut WebSocketStream<S>,
     message: tungstenite::Message,
-    config: &crate::NodeConfig,
+    write_timeout: Duration,
 ) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    match timeout(config.write_timeout, ws.feed(message)).await {
+    // Polled again below with the task's waker when pending, which registers it.
+    match ws.poll_ready_unpin(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(())) => return ws.start_send_unpin(message).map_err(|_| End::Quiet),
+        Poll::Ready(Err(_)) => return Err(End::Quiet),
+        Poll::Pending => {}
+    }
+    match Box::pin(timeout(write_timeout, ws.feed(message))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(End::Quiet),
+    }
+}
+
+/// Writes out what is buffered; the deadline is armed only when the socket pushes back.
+async fn flush<S>(ws: &mut WebSocketStream<S>, write_timeout: Duration) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    match ws.poll_flush_unpin(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(())) => return Ok(()),
+        Poll::Ready(Err(_)) => return Err(End::Quiet),
+        Poll::Pending => {}
+    }
+    match Box::pin(timeout(write_timeout, ws.flush())).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err(End::Quiet),
     }

@@ -1,13 +1,13 @@
 //! The node's hub: every live connection of this node, by user, and who watches whose
 //! presence. The fanout hands events to it through [`LocalDelivery`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll, Waker};
 
 use messenger_core::fanout::LocalDelivery;
 use messenger_core::protocol::ServerFrame;
 use messenger_core::{DeviceId, Event, Message, Timestamp, UserId};
-use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::members::MemberCache;
@@ -21,26 +21,161 @@ pub(crate) enum Outbound {
     Entry(Arc<Message>, Utf8Bytes),
 }
 
+/// A connection's outgoing queue.
+///
+/// Producers (the fanout, request tasks) push without waiting; the connection takes everything
+/// queued in one go when it wakes up, so a burst of deliveries costs one wake-up and one lock
+/// per batch, not one per frame. The connection hands the emptied batch back
+/// ([`OutboundQueue::recycle`]) so that a steady flow allocates nothing, and frees it when it
+/// has been idle for a while ([`OutboundQueue::release`]), so that an idle connection keeps
+/// nothing here but this struct.
+#[derive(Debug)]
+pub(crate) struct OutboundQueue {
+    state: Mutex<QueueState>,
+    /// Items queued before the connection counts as a slow consumer.
+    capacity: usize,
+}
+
+/// The largest batch buffer handed back for reuse, in items.
+const RECYCLE_CAPACITY: usize = 16;
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<Outbound>,
+    /// The connection's waker, while it waits for items.
+    waker: Option<Waker>,
+    /// A push found the queue full: the connection closes as a slow consumer.
+    overflowed: bool,
+    /// The connection is gone: pushes are refused.
+    closed: bool,
+}
+
+/// What [`OutboundQueue::poll_take`] found.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// Items, in push order.
+    Items(VecDeque<Outbound>),
+    /// The queue overflowed.
+    Overflowed,
+}
+
+impl OutboundQueue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(QueueState::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `item`; `false` when the queue is full (marked overflowed) or closed.
+    fn push(&self, item: Outbound) -> bool {
+        let (accepted, waker) = {
+            let mut state = self.lock();
+            if state.closed {
+                return false;
+            }
+            if state.items.len() >= self.capacity {
+                state.overflowed = true;
+                (false, state.waker.take())
+            } else {
+                state.items.push_back(item);
+                (true, state.waker.take())
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        accepted
+    }
+
+    /// Takes everything queued, or registers `cx` to be woken by the next push.
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Taken> {
+        let mut state = self.lock();
+        if state.overflowed {
+            return Poll::Ready(Taken::Overflowed);
+        }
+        if !state.items.is_empty() {
+            return Poll::Ready(Taken::Items(std::mem::take(&mut state.items)));
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Takes what is queued without waiting (`None` when empty or overflowed).
+    pub(crate) fn try_take(&self) -> Option<VecDeque<Outbound>> {
+        let mut state = self.lock();
+        if state.overflowed || state.items.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut state.items))
+    }
+
+    /// Gives back a written batch's buffer for the next pushes, unless it grew past a few
+    /// items (a burst) or the queue already has one.
+    pub(crate) fn recycle(&self, mut batch: VecDeque<Outbound>) {
+        if batch.capacity() > RECYCLE_CAPACITY {
+            return;
+        }
+        batch.clear();
+        let mut state = self.lock();
+        if state.items.capacity() == 0 && !state.closed {
+            state.items = batch;
+        }
+    }
+
+    /// Frees the queue's buffer if nothing is queued (the connection is idle).
+    pub(crate) fn release(&self) {
+        let buffer = {
+            let mut state = self.lock();
+            if !state.items.is_empty() {
+                return;
+            }
+            std::mem::take(&mut state.items)
+        };
+        drop(buffer);
+    }
+
+    /// Refuses every later push and drops what is queued.
+    pub(crate) fn close(&self) {
+        let items = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.waker = None;
+            std::mem::take(&mut state.items)
+        };
+        drop(items);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionHandle {
     pub(crate) id: u64,
     pub(crate) device: DeviceId,
-    pub(crate) queue: mpsc::Sender<Outbound>,
-    /// Notified when the queue overflowed: the connection closes as a slow consumer.
-    pub(crate) overflow: Arc<Notify>,
+    /// What the connection still has to write; overflowing it closes the connection as a slow
+    /// consumer.
+    pub(crate) queue: Arc<OutboundQueue>,
 }
 
 impl ConnectionHandle {
+    /// A handle with an empty queue of at most `capacity` items.
+    pub(crate) fn new(id: u64, device: DeviceId, capacity: usize) -> Self {
+        Self {
+            id,
+            device,
+            queue: Arc::new(OutboundQueue::new(capacity)),
+        }
+    }
+
     /// Queues without waiting; a full queue marks the connection as a slow consumer.
     pub(crate) fn push(&self, item: Outbound) -> bool {
-        match self.queue.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow.notify_one();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        self.queue.push(item)
     }
 }
 
@@ -223,5 +358,62 @@ impl LocalDelivery for Hub {
             }
         }
         delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn frame(text: &str) -> Outbound {
+        Outbound::Frame(Utf8Bytes::from(text.to_owned()))
+    }
+
+    fn texts(taken: Poll<Taken>) -> Vec<String> {
+        match taken {
+            Poll::Ready(Taken::Items(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Outbound::Frame(text) => text.as_str().to_owned(),
+                    Outbound::Entry(_, text) => text.as_str().to_owned(),
+                })
+                .collect(),
+            Poll::Ready(Taken::Overflowed) => vec!["overflowed".into()],
+            Poll::Pending => vec![],
+        }
+    }
+
+    #[test]
+    fn a_take_gets_everything_queued_in_order_then_waits() {
+        let handle = ConnectionHandle::new(1, DeviceId::new("d").unwrap(), 8);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(handle.queue.poll_take(&mut cx).is_pending());
+        assert!(handle.push(frame("a")));
+        assert!(handle.push(frame("b")));
+        assert_eq!(texts(handle.queue.poll_take(&mut cx)), ["a", "b"]);
+        assert!(handle.queue.poll_take(&mut cx).is_pending());
+        assert!(handle.queue.try_take().is_none());
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_reports_the_overflow() {
+        let handle = ConnectionHandle::new(1, DeviceId::new("d").unwrap(), 2);
+        assert!(handle.push(frame("a")));
+        assert!(handle.push(frame("b")));
+        assert!(!handle.push(frame("c")));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(texts(handle.queue.poll_take(&mut cx)), ["overflowed"]);
+        assert!(handle.queue.try_take().is_none());
+    }
+
+    #[test]
+    fn a_closed_queue_refuses_pushes() {
+        let handle = ConnectionHandle::new(1, DeviceId::new("d").unwrap(), 8);
+        assert!(handle.push(frame("a")));
+        handle.queue.close();
+        assert!(!handle.push(frame("b")));
+        assert!(handle.queue.try_take().is_none());
     }
 }

@@ -62,6 +62,7 @@ pub mod auth;
 pub mod client;
 mod connection;
 pub mod hub;
+mod io;
 mod last_seen;
 pub mod media;
 pub mod members;

@@ -173,8 +173,9 @@ struct Args {
     #[arg(long, env = "MESSENGER_FRAMES_PER_SECOND", default_value_t = 200)]
     frames_per_second: u32,
 
-    /// Read buffer per WebSocket connection, in bytes (allocated for the connection's whole
-    /// life; frames larger than it are still read, in several chunks).
+    /// Most bytes read from a WebSocket connection's socket at once. Reads go through a
+    /// scratch buffer shared per thread: an idle connection holds no read buffer of this size,
+    /// and frames larger than it are read in several chunks.
     #[arg(long, env = "MESSENGER_READ_BUFFER_BYTES", default_value_t = 4096)]
     read_buffer_bytes: usize,
 
