@@ -23,7 +23,7 @@
 //! - `redis-benchmark -P 16 -c 50 -r 1000 INCR <counter key>` on the very counters the
 //!   sequencer uses (1 000 keys instead of one).
 //! - The Redis sequencer, batched (the default configuration) and unbatched (`max_batch` 1:
-//!   one `EVALSHA` per allocation, pipelined only by the multiplexed connection).
+//!   one `INCR` per allocation, pipelined only by the multiplexed connection).
 //!
 //! Figures are not assertions: they vary from run to run on shared machines.
 
@@ -130,7 +130,7 @@ async fn main() -> Result<(), Failure> {
 }
 
 /// The sequencer batched and unbatched on `connection`, between two `redis-benchmark` runs of
-/// pipelined `INCR`, and `redis-benchmark` driving the fast-path script itself.
+/// pipelined `INCR`, and `redis-benchmark` and the `redis` crate driving `INCR` on the same counters.
 async fn measure_redis<C>(
     connection: C,
     target: &[&str],

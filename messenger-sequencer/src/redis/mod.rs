@@ -323,6 +323,10 @@ where
         let mut shard = self.shards[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // A look-up first: the common case clones no id (its count is shared by every caller).
+        if let Some(state) = shard.get(conversation) {
+            return Arc::clone(state);
+        }
         Arc::clone(
             shard
                 .entry(conversation.clone())
