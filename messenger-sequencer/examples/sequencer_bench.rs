@@ -130,7 +130,8 @@ async fn main() -> Result<(), Failure> {
 }
 
 /// The sequencer batched and unbatched on `connection`, between two `redis-benchmark` runs of
-/// pipelined `INCR`, and `redis-benchmark` and the `redis` crate driving `INCR` on the same counters.
+/// pipelined `INCR`, and `redis-benchmark` and the `redis` crate driving `INCR` on the same
+/// counters.
 async fn measure_redis<C>(
     connection: C,
     target: &[&str],
