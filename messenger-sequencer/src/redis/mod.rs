@@ -304,7 +304,8 @@ where
     }
 
     /// The counter key of `conversation`: `{prefix}:{<conversation>}:seq`. Once initialized it
-    /// holds 2^52 + the last seq handed out (see the [module docs](self#the-fast-path-a-plain-incr)).
+    /// holds 2^52 + the last seq handed out (see the
+    /// [module docs](self#when-redis-forgets-the-floor)).
     pub fn counter_key(&self, conversation: &ConversationId) -> String {
         format!("{}:{{{}}}:seq", self.prefix, conversation.as_str())
     }
