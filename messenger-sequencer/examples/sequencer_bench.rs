@@ -11,7 +11,9 @@
 //! Without arguments it reads `MESSENGER_TEST_REDIS_URL` and `MESSENGER_TEST_REDIS_CLUSTER`
 //! (what `scripts/redis.sh` prints and `.ci/run` exports); with neither it measures memory
 //! only. `BENCH_TASKS` (default 512) tasks allocate `BENCH_OPS` (default 400 000) seqs in
-//! total, round robin over 1 000 conversations, through the `tower` service a server uses.
+//! total, round robin over `BENCH_CONVERSATIONS` (default 1 000) conversations, through the
+//! `tower` service a server uses. A small `BENCH_CONVERSATIONS` (say 10) is the hot-group
+//! variant: many allocations of one conversation then share a batch, and one `INCRBY n`.
 //! `BENCH_MAX_BATCH` and `BENCH_PIPELINES_IN_FLIGHT` override the batching configuration.
 //!
 //! Per server it prints, each measured in this run:
@@ -21,7 +23,7 @@
 //! - `redis-benchmark -P 16 -c 50 -r 1000 INCR <counter key>` on the very counters the
 //!   sequencer uses (1 000 keys instead of one).
 //! - The Redis sequencer, batched (the default configuration) and unbatched (`max_batch` 1:
-//!   one `EVALSHA` per allocation, pipelined only by the multiplexed connection).
+//!   one `INCR` per allocation, pipelined only by the multiplexed connection).
 //!
 //! Figures are not assertions: they vary from run to run on shared machines.
 
@@ -38,7 +40,8 @@ use redis::aio::ConnectionLike;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-/// Conversations the allocations spread over (and `redis-benchmark -r` draws from).
+/// Conversations the allocations spread over (and `redis-benchmark -r` draws from), unless
+/// `BENCH_CONVERSATIONS` says otherwise.
 const CONVERSATIONS: usize = 1_000;
 /// The `redis-benchmark` settings of the target: 50 connections, 16 commands per round trip.
 const CLIENTS: &str = "50";
@@ -57,17 +60,18 @@ async fn main() -> Result<(), Failure> {
         .filter(|nodes| !nodes.trim().is_empty());
     let tasks = env_number("BENCH_TASKS", 512)?;
     let ops = env_number("BENCH_OPS", 400_000)?;
+    let conversation_count = env_number("BENCH_CONVERSATIONS", CONVERSATIONS)?;
     let per_task = ops.div_ceil(tasks);
     let total = tasks * per_task;
 
     println!("machine: {}", machine());
     println!(
         "workload: {tasks} tasks x {per_task} allocations = {total}, round robin over \
-         {CONVERSATIONS} conversations"
+         {conversation_count} conversations"
     );
     // The conversation ids match `redis-benchmark -r`'s `__rand_int__` (12 digits), so it can
     // drive the very same counters.
-    let conversations: Vec<ConversationId> = (0..CONVERSATIONS)
+    let conversations: Vec<ConversationId> = (0..conversation_count)
         .map(|n| ConversationId::new(format!("g:bench-{n:012}")))
         .collect::<Result<_, _>>()?;
 
@@ -126,7 +130,8 @@ async fn main() -> Result<(), Failure> {
 }
 
 /// The sequencer batched and unbatched on `connection`, between two `redis-benchmark` runs of
-/// pipelined `INCR`, and `redis-benchmark` driving the fast-path script itself.
+/// pipelined `INCR`, and `redis-benchmark` and the `redis` crate driving `INCR` on the same
+/// counters.
 async fn measure_redis<C>(
     connection: C,
     target: &[&str],
@@ -182,7 +187,7 @@ where
                 "-P",
                 PIPELINE,
                 "-r",
-                &CONVERSATIONS.to_string(),
+                &conversations.len().to_string(),
                 "INCR",
                 &key,
             ],
@@ -208,8 +213,9 @@ where
     );
     if let Some(same_counters) = same_counters {
         println!(
-            "| redis-benchmark INCR -P {PIPELINE} -c {CLIENTS} -r 1000 on the sequencer's \
+            "| redis-benchmark INCR -P {PIPELINE} -c {CLIENTS} -r {} on the sequencer's \
              counters | {same_counters:.0} | {:.2} |",
+            conversations.len(),
             batched_rate / same_counters
         );
     }
@@ -227,9 +233,13 @@ where
         batched_rate / unbatched_rate
     );
     println!(
-        "batches: {} pipelines carried {} allocations (mean {mean_batch:.1} per pipeline), \
-         {} sent again alone",
-        stats.pipelines, stats.requests, stats.sent_again
+        "batches: {} pipelines carried {} allocations (mean {mean_batch:.1} per pipeline) in {} \
+         commands ({} allocations shared an INCRBY), {} sent again alone",
+        stats.pipelines,
+        stats.requests,
+        stats.requests - stats.coalesced,
+        stats.coalesced,
+        stats.sent_again
     );
     println!(
         "target (batched >= 0.90 x pipelined INCR): {:.2} -> {}",

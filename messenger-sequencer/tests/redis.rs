@@ -458,3 +458,52 @@ async fn standalone_passes_the_conformance_suite_unbatched() {
         .await;
     }
 }
+
+/// Allocations of one hot conversation queued together share one `INCRBY n`: each caller still
+/// gets its own seq, with no gap and no seq twice. On a current-thread runtime the callers all
+/// queue before the batching task runs, so they land in one batch.
+async fn a_hot_conversation_shares_one_incrby<C>(connection: C)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    const CALLERS: u64 = 64;
+    let sequencer = Sequencer::new(RedisSequencer::with_config(connection, NoFloor, config()));
+    let chat = unique_conversation("hot");
+    // The first use reads the floor (no batching).
+    assert_eq!(next(&sequencer, &chat).await, Seq(1));
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let sequencer = sequencer.clone();
+            let chat = chat.clone();
+            tokio::spawn(async move { next(&sequencer, &chat).await })
+        })
+        .collect();
+    let mut seqs = BTreeSet::new();
+    for caller in callers {
+        let seq = caller.await.expect("an allocating task panicked");
+        assert!(seqs.insert(seq), "{seq} was handed out twice");
+    }
+    let expected: BTreeSet<Seq> = (2..=CALLERS + 1).map(Seq).collect();
+    assert_eq!(seqs, expected, "the hot conversation has a gap");
+    let stats = sequencer.backend().batch_stats();
+    assert_eq!(stats.requests, CALLERS, "{stats:?}");
+    assert!(
+        stats.coalesced > 0,
+        "allocations of one conversation in one batch never shared a command: {stats:?}"
+    );
+    assert_eq!(next(&sequencer, &chat).await, Seq(CALLERS + 2));
+}
+
+#[tokio::test]
+async fn standalone_coalesces_a_hot_conversation() {
+    if let Some(connection) = standalone().await {
+        a_hot_conversation_shares_one_incrby(connection).await;
+    }
+}
+
+#[tokio::test]
+async fn cluster_coalesces_a_hot_conversation() {
+    if let Some(connection) = cluster().await {
+        a_hot_conversation_shares_one_incrby(connection).await;
+    }
+}

@@ -3,9 +3,12 @@
 //!
 //! Callers queue a counter key with a oneshot for the answer. The task waits for a free
 //! pipeline slot (at most `pipelines_in_flight` are out at once), then takes whatever is
-//! queued, up to `max_batch`, and sends it as one pipeline of `INCR`s. There is no timer: a
-//! lone caller's request leaves at once; under load the batch is what accumulated while the
-//! earlier pipelines were in flight.
+//! queued, up to `max_batch`, and sends it as one pipeline with one command per counter:
+//! `INCR` for a counter one request asked for, `INCRBY n` for a counter `n` requests of the
+//! batch asked for (a hot conversation). `INCRBY n` answering `v` hands out `v - n + 1 ..= v`,
+//! in queue order, exactly the values `n` consecutive `INCR`s would have answered, since Redis
+//! runs one command at a time. There is no timer: a lone caller's request leaves at once;
+//! under load the batch is what accumulated while the earlier pipelines were in flight.
 //!
 //! On Redis Cluster a pipeline must go to one node: the batch is split by node, from a slot
 //! map this task reads with `CLUSTER SLOTS` (and reads again when a reply says a slot moved),
@@ -51,6 +54,47 @@ struct Pending {
     reply: oneshot::Sender<Reply>,
 }
 
+/// The increments of one pipeline, in commands: the requests of one counter are next to each
+/// other, in queue order, and `counts[i]` is how many requests command `i` carries.
+struct Part {
+    pending: Vec<Pending>,
+    counts: Vec<u32>,
+}
+
+impl Part {
+    /// Groups `batch` by counter (the key's allocation: one per conversation and sequencer),
+    /// keeping the queue order within each counter and the order of first appearance between
+    /// counters.
+    fn of(batch: Vec<Pending>) -> Self {
+        let mut groups: HashMap<*const u8, usize> = HashMap::with_capacity(batch.len());
+        let mut counts: Vec<u32> = Vec::with_capacity(batch.len());
+        let mut group_of = Vec::with_capacity(batch.len());
+        for pending in &batch {
+            let next = counts.len();
+            let group = *groups.entry(pending.key.as_ptr()).or_insert(next);
+            if group == next {
+                counts.push(0);
+            }
+            counts[group] += 1;
+            group_of.push(group);
+        }
+        if counts.len() == batch.len() {
+            // No counter twice: one INCR per request, as queued.
+            return Self {
+                pending: batch,
+                counts,
+            };
+        }
+        let mut indexed: Vec<(usize, Pending)> = group_of.into_iter().zip(batch).collect();
+        // Stable: the queue order within a counter is kept.
+        indexed.sort_by_key(|(group, _)| *group);
+        Self {
+            pending: indexed.into_iter().map(|(_, pending)| pending).collect(),
+            counts,
+        }
+    }
+}
+
 /// What the batching task has sent so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -59,6 +103,9 @@ pub struct BatchStats {
     pub pipelines: u64,
     /// Increments those pipelines carried.
     pub requests: u64,
+    /// Increments that shared an `INCRBY` with an earlier increment of the same counter in
+    /// the same pipeline (`requests - coalesced` commands were sent).
+    pub coalesced: u64,
     /// Increments a pipeline answered without running them (`NOSCRIPT` after a restart,
     /// `MOVED`/`ASK` while slots move, `TRYAGAIN`): each was then sent again alone.
     pub sent_again: u64,
@@ -69,13 +116,19 @@ pub struct BatchStats {
 struct Counters {
     pipelines: AtomicU64,
     requests: AtomicU64,
+    coalesced: AtomicU64,
     sent_again: AtomicU64,
 }
 
 impl Counters {
-    fn record(&self, requests: usize) {
+    fn record(&self, part: &Part) {
         self.pipelines.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
+        self.requests
+            .fetch_add(part.pending.len() as u64, Ordering::Relaxed);
+        self.coalesced.fetch_add(
+            (part.pending.len() - part.counts.len()) as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -124,6 +177,7 @@ impl Batcher {
         BatchStats {
             pipelines: self.counters.pipelines.load(Ordering::Relaxed),
             requests: self.counters.requests.load(Ordering::Relaxed),
+            coalesced: self.counters.coalesced.load(Ordering::Relaxed),
             sent_again: self.counters.sent_again.load(Ordering::Relaxed),
         }
     }
@@ -189,15 +243,16 @@ where
     async fn send(&mut self, batch: Vec<Pending>, permit: OwnedSemaphorePermit) {
         match &mut self.target {
             Target::Single(connection) => {
-                self.counters.record(batch.len());
+                let part = Part::of(batch);
+                self.counters.record(&part);
                 let counters = Arc::clone(&self.counters);
                 let mut connection = connection.clone();
                 tokio::spawn(async move {
-                    let pipeline = pipeline_of(&batch);
+                    let pipeline = pipeline_of(&part);
                     let result = connection
-                        .req_packed_commands(&pipeline, 0, batch.len())
+                        .req_packed_commands(&pipeline, 0, part.counts.len())
                         .await;
-                    answer(batch, result, &counters);
+                    answer(part, result, &counters);
                     drop(permit);
                 });
             }
@@ -221,19 +276,20 @@ where
                 }
                 let permit = Arc::new(permit);
                 for part in parts.into_values() {
-                    self.counters.record(part.len());
+                    let part = Part::of(part);
+                    self.counters.record(&part);
                     let mut connection = connection.clone();
                     let stale = Arc::clone(stale);
                     let permit = Arc::clone(&permit);
                     let counters = Arc::clone(&self.counters);
                     tokio::spawn(async move {
                         let pipeline = pipeline_of(&part);
-                        let route = SingleNodeRoutingInfo::SpecificNode(Route::new(
-                            part[0].slot,
-                            SlotAddr::Master,
-                        ));
+                        // Never empty: a part holds at least the request that created it.
+                        let slot = part.pending.first().map_or(0, |pending| pending.slot);
+                        let route =
+                            SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
                         let result = connection
-                            .route_pipeline(pipeline, 0, part.len(), route)
+                            .route_pipeline(pipeline, 0, part.counts.len(), route)
                             .await;
                         if answer(part, result, &counters) {
                             stale.store(true, Ordering::Release);
@@ -246,22 +302,31 @@ where
     }
 }
 
-/// One `INCR <key>` per pending increment.
-fn pipeline_of(batch: &[Pending]) -> Pipeline {
-    let mut pipeline = Pipeline::with_capacity(batch.len());
-    for pending in batch {
-        pipeline.cmd("INCR").arg(&*pending.key);
+/// One command per counter of `part`: `INCR <key>`, or `INCRBY <key> <n>` for `n` requests.
+fn pipeline_of(part: &Part) -> Pipeline {
+    let mut pipeline = Pipeline::with_capacity(part.counts.len());
+    let mut start = 0;
+    for &count in &part.counts {
+        let key = &*part.pending[start].key;
+        if count == 1 {
+            pipeline.cmd("INCR").arg(key);
+        } else {
+            pipeline.cmd("INCRBY").arg(key).arg(count);
+        }
+        start += count as usize;
     }
     pipeline
 }
 
 /// Answers every pending increment from the pipeline's result; true when a reply suggests the
 /// cluster's slots moved (or a node failed).
-fn answer(batch: Vec<Pending>, result: RedisResult<Vec<Value>>, counters: &Counters) -> bool {
+fn answer(part: Part, result: RedisResult<Vec<Value>>, counters: &Counters) -> bool {
+    let Part { pending, counts } = part;
     match result {
-        Ok(values) if values.len() == batch.len() => {
+        Ok(values) if values.len() == counts.len() => {
             let mut moved = false;
-            for (pending, value) in batch.into_iter().zip(values) {
+            let mut pending = pending.into_iter();
+            for (count, value) in counts.into_iter().zip(values) {
                 let reply = match value {
                     Value::Int(value) => Ok(value),
                     Value::ServerError(error) => match error.kind() {
@@ -276,15 +341,31 @@ fn answer(batch: Vec<Pending>, result: RedisResult<Vec<Value>>, counters: &Count
                     },
                     other => Err(BatchError::Failed(Arc::new(RedisError::from((
                         ErrorKind::UnexpectedReturnType,
-                        "INCR answered a non-integer",
+                        "INCR/INCRBY answered a non-integer",
                         format!("{other:?}"),
                     ))))),
                 };
                 if matches!(reply, Err(BatchError::NotSent)) {
-                    counters.sent_again.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .sent_again
+                        .fetch_add(u64::from(count), Ordering::Relaxed);
                 }
-                // A caller that gave up no longer listens; nothing to do.
-                let _ = pending.reply.send(reply);
+                // `INCRBY n` answering `v`: the requests, in queue order, get `v - n + 1 ..= v`.
+                // (Below the offset the fast path reads the floor anyway.)
+                let mut offset = i64::from(count);
+                for pending in pending.by_ref().take(count as usize) {
+                    offset -= 1;
+                    let reply = match &reply {
+                        Ok(value) => Ok(value.saturating_sub(offset)),
+                        Err(BatchError::NotSent) => Err(BatchError::NotSent),
+                        Err(BatchError::Failed(error)) => {
+                            Err(BatchError::Failed(Arc::clone(error)))
+                        }
+                        Err(BatchError::Lost) => Err(BatchError::Lost),
+                    };
+                    // A caller that gave up no longer listens; nothing to do.
+                    let _ = pending.reply.send(reply);
+                }
             }
             moved
         }
@@ -292,13 +373,13 @@ fn answer(batch: Vec<Pending>, result: RedisResult<Vec<Value>>, counters: &Count
             let error = Arc::new(RedisError::from((
                 ErrorKind::UnexpectedReturnType,
                 "a pipeline answered the wrong number of replies",
-                format!("{} for {} commands", values.len(), batch.len()),
+                format!("{} for {} commands", values.len(), counts.len()),
             )));
-            fail(batch, &error);
+            fail(pending, &error);
             false
         }
         Err(error) => {
-            fail(batch, &Arc::new(error));
+            fail(pending, &Arc::new(error));
             true
         }
     }
@@ -449,7 +530,7 @@ mod tests {
             ::redis::parse_redis_value(b"-MOVED 3999 127.0.0.1:7002\r\n").expect("a server error");
         let counters = Counters::default();
         assert!(answer(
-            batch,
+            Part::of(batch),
             Ok(vec![moved_error, Value::Int(7)]),
             &counters
         ));
@@ -459,5 +540,46 @@ mod tests {
             Ok(Err(BatchError::NotSent))
         ));
         assert!(matches!(ok.blocking_recv(), Ok(Ok(7))));
+    }
+
+    #[test]
+    fn requests_of_one_counter_share_an_incrby_in_queue_order() {
+        let hot: Arc<str> = Arc::from("hot");
+        let cold: Arc<str> = Arc::from("cold");
+        let mut answers = Vec::new();
+        let mut batch = Vec::new();
+        for key in [&hot, &cold, &hot, &hot] {
+            let (reply, answer) = oneshot::channel();
+            batch.push(Pending {
+                key: Arc::clone(key),
+                slot: 0,
+                reply,
+            });
+            answers.push(answer);
+        }
+        let part = Part::of(batch);
+        assert_eq!(part.counts, vec![3, 1]);
+        let keys: Vec<&str> = part.pending.iter().map(|pending| &*pending.key).collect();
+        assert_eq!(keys, vec!["hot", "hot", "hot", "cold"]);
+        let packed = String::from_utf8(pipeline_of(&part).get_packed_pipeline()).expect("ASCII");
+        assert_eq!(
+            packed,
+            "*3\r\n$6\r\nINCRBY\r\n$3\r\nhot\r\n$1\r\n3\r\n*2\r\n$4\r\nINCR\r\n$4\r\ncold\r\n"
+        );
+        let counters = Counters::default();
+        assert!(!answer(
+            part,
+            Ok(vec![Value::Int(12), Value::Int(5)]),
+            &counters
+        ));
+        let seqs: Vec<i64> = answers
+            .into_iter()
+            .map(|answer| match answer.blocking_recv() {
+                Ok(Ok(value)) => value,
+                other => panic!("no value: {other:?}"),
+            })
+            .collect();
+        // Queue order: hot, cold, hot, hot.
+        assert_eq!(seqs, vec![10, 5, 11, 12]);
     }
 }

@@ -20,10 +20,11 @@ pub struct RedisSequencerConfig {
     /// Default: 64.
     pub shards: usize,
     /// The most fast-path allocations one pipeline carries. Concurrent allocations (of any
-    /// conversations) are gathered by a batching task and sent as one pipeline of `INCR`s;
-    /// a batch is whatever accumulated while earlier pipelines were in flight, never a timer,
-    /// so a lone caller waits for nothing. 0 or 1 turns batching off: every allocation is then
-    /// its own `INCR` on the caller's connection.
+    /// conversations) are gathered by a batching task and sent as one pipeline of `INCR`s
+    /// (`n` allocations of one conversation share one `INCRBY n`); a batch is whatever
+    /// accumulated while earlier pipelines were in flight, never a timer, so a lone caller
+    /// waits for nothing. 0 or 1 turns batching off: every allocation is then its own `INCR`
+    /// on the caller's connection.
     ///
     /// Default: 256.
     pub max_batch: usize,

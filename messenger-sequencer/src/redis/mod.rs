@@ -40,7 +40,11 @@
 //! earlier pipelines were in flight, up to [`max_batch`](RedisSequencerConfig::max_batch),
 //! with at most [`pipelines_in_flight`](RedisSequencerConfig::pipelines_in_flight) out at
 //! once. There is no timer: a lone caller's `INCR` leaves at once, so batching adds no latency
-//! when idle, and under load one round trip carries a hundred allocations or more. On Redis
+//! when idle, and under load one round trip carries a hundred allocations or more. Allocations
+//! of one conversation in the same batch (a hot group) share one command: `n` of them send
+//! `INCRBY n`, and the answer `v` hands out `v - n + 1 ..= v` in queue order, the values `n`
+//! consecutive `INCR`s would have answered (Redis runs one command at a time); the offset
+//! check below holds for each of them. On Redis
 //! Cluster a batch is split by node (from `CLUSTER SLOTS`, read again when a reply says a slot
 //! moved), one pipeline per node; an `INCR` that still lands on the wrong node answers `MOVED`
 //! without running and is sent again alone, through the client's redirect handling. Errors
@@ -69,7 +73,9 @@
 //!   no process, whether it saw the conversation before or not, gets a seq from a reset
 //!   counter without the floor. (Earlier versions made the fast path a script that
 //!   incremented only an existing key; the offset gives the same check with a plain `INCR`,
-//!   which Redis runs about three times faster than a script call.)
+//!   which Redis runs about three times faster than a script call.) A batched `INCRBY n` on
+//!   a missing counter answers `n`, at most the batch size: every allocation it carried sees
+//!   a value below 2^52 and reads the floor.
 //! - **The floor is read on first use per process**, even when the key exists, and whenever
 //!   the counter answers a value not above the highest seq this process already saw for the
 //!   conversation (a counter that went backwards: a failover to a lagging replica, a restore).
@@ -298,7 +304,8 @@ where
     }
 
     /// The counter key of `conversation`: `{prefix}:{<conversation>}:seq`. Once initialized it
-    /// holds 2^52 + the last seq handed out (see the [module docs](self#the-fast-path-a-plain-incr)).
+    /// holds 2^52 + the last seq handed out (see the
+    /// [module docs](self#when-redis-forgets-the-floor)).
     pub fn counter_key(&self, conversation: &ConversationId) -> String {
         format!("{}:{{{}}}:seq", self.prefix, conversation.as_str())
     }
@@ -317,6 +324,10 @@ where
         let mut shard = self.shards[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // A look-up first: the common case clones no id (its count is shared by every caller).
+        if let Some(state) = shard.get(conversation) {
+            return Arc::clone(state);
+        }
         Arc::clone(
             shard
                 .entry(conversation.clone())
