@@ -105,6 +105,10 @@ struct Common {
     /// kernel pick (at most ~28,000 connections per server address then).
     #[arg(long)]
     no_bind: bool,
+    /// The last byte of the first worker's source address (worker n binds 127.0.0.(N + n)).
+    /// Runs back to back on other bases do not wait for each other's ports in TIME_WAIT.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=250))]
+    first_source: u8,
     /// Connections opening at once per worker.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
@@ -235,6 +239,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
             target: common.target,
             urls: common.url.clone(),
             bind_source: !common.no_bind,
+            first_source: common.first_source,
             prefix: prefix.clone(),
             first,
             count,
@@ -251,9 +256,10 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
         }
     }
     eprintln!(
-        "loadgen {name}: {connections} connections, {} workers (source addresses 127.0.0.2..={}), target {:?}",
+        "loadgen {name}: {connections} connections, {} workers (source addresses 127.0.0.{}..={}), target {:?}",
         specs.len(),
-        1 + specs.len(),
+        common.first_source,
+        usize::from(common.first_source) + specs.len() - 1,
         common.target
     );
 

@@ -35,10 +35,13 @@ pub(crate) struct WorkerSpec {
     pub(crate) target: Target,
     /// Server URLs; connection `i` uses `urls[i % len]`.
     pub(crate) urls: Vec<String>,
-    /// Bind loopback connections to this worker's own source address, 127.0.0.(2 + index),
+    /// Bind loopback connections to this worker's own source address,
+    /// 127.0.0.(first_source + index),
     /// with ports this worker picks itself (so connections never run out of ephemeral ports:
     /// each worker has its own 51,000 ports per server address).
     pub(crate) bind_source: bool,
+    /// The last byte of worker 0's source address.
+    pub(crate) first_source: u8,
     /// Prefix of user names (`{prefix}{i}`), unique per run.
     pub(crate) prefix: String,
     /// The global index of this worker's first connection.
@@ -232,7 +235,7 @@ async fn run(spec: WorkerSpec) -> Result<(), String> {
         }
         tokio::spawn(connection(Arc::clone(&context), global, rx));
     }
-    wait_settled(&context).await;
+    wait_settled(&context, context.spec.count as u64).await;
     emit("ready", &context.stats().progress());
 
     let progress = {
@@ -273,8 +276,11 @@ async fn run(spec: WorkerSpec) -> Result<(), String> {
             }
             Some("reconnect") => {
                 context.settled.store(0, Ordering::SeqCst);
+                // Only the sessions that opened reconnect: one that failed its first
+                // connect (e.g. no free source port) has ended and would never settle.
+                let sessions = context.stats().connected;
                 let _ = phase_tx.send(Phase::Reconnect);
-                wait_settled(&context).await;
+                wait_settled(&context, sessions).await;
                 emit("reconnected", &context.stats().progress());
             }
             Some("stop") => break,
@@ -296,8 +302,8 @@ fn emit<T: Serialize>(kind: &str, value: &T) {
     println!("{kind} {json}");
 }
 
-async fn wait_settled(context: &Context) {
-    let count = context.spec.count as u64;
+/// Waits until `count` connections finished their handshake (or failed it).
+async fn wait_settled(context: &Context, count: u64) {
     loop {
         let notified = context.settled_notify.notified();
         if context.settled.load(Ordering::SeqCst) >= count {
@@ -614,7 +620,8 @@ fn bound_socket(context: &Context, addr: SocketAddr) -> Result<TcpSocket, String
     if !context.spec.bind_source || !addr.ip().is_loopback() {
         return TcpSocket::new_v4().map_err(|err| format!("socket: {err}"));
     }
-    let last = u8::try_from(2 + context.spec.index % 250).unwrap_or(2);
+    let first = usize::from(context.spec.first_source.max(2));
+    let last = u8::try_from(first + context.spec.index % (255 - first)).unwrap_or(2);
     let ip = Ipv4Addr::new(127, 0, 0, last);
     let mut last_error = None;
     for _ in 0..PORTS {

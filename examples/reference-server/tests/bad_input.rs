@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Server, close_code, connect, next_frame, raw, raw_authed, send_json, send_text, user,
+    Server, close_code, connect, next_answer, next_frame, raw, raw_authed, send_json, send_text,
+    user,
 };
 use futures_util::SinkExt;
 use messenger_core::protocol::{ErrorCode, ServerFrame, close};
@@ -183,7 +184,7 @@ async fn group_operations_need_the_right_role() {
         json!({"type": "set_role", "id": "3", "conversation": group.as_str(), "user": "bob", "role": "owner"}),
     ] {
         send_json(&mut bob, frame).await;
-        let answer = next_frame(&mut bob).await;
+        let answer = next_answer(&mut bob).await;
         assert!(
             matches!(
                 error_code(&answer),
@@ -194,7 +195,7 @@ async fn group_operations_need_the_right_role() {
     }
     send_json(&mut bob, json!({"type": "add_members", "id": "4", "conversation": direct.as_str(), "users": ["carol"]})).await;
     assert_eq!(
-        error_code(&next_frame(&mut bob).await),
+        error_code(&next_answer(&mut bob).await),
         ErrorCode::InvalidRequest
     );
     send_json(
@@ -203,7 +204,7 @@ async fn group_operations_need_the_right_role() {
     )
     .await;
     assert_eq!(
-        error_code(&next_frame(&mut bob).await),
+        error_code(&next_answer(&mut bob).await),
         ErrorCode::InvalidRequest
     );
 

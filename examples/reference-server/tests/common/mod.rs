@@ -259,6 +259,20 @@ pub async fn next_frame(ws: &mut Raw) -> ServerFrame {
     }
 }
 
+/// The next frame that answers a request, skipping live events (messages, receipts, presence,
+/// typing) that other users' activity may put in front of it.
+pub async fn next_answer(ws: &mut Raw) -> ServerFrame {
+    loop {
+        match next_frame(ws).await {
+            ServerFrame::Message { .. }
+            | ServerFrame::Receipt { .. }
+            | ServerFrame::Presence { .. }
+            | ServerFrame::Typing { .. } => continue,
+            answer => return answer,
+        }
+    }
+}
+
 /// Waits for the server to close; returns the close code.
 pub async fn close_code(ws: &mut Raw) -> Option<u16> {
     loop {
