@@ -27,8 +27,8 @@ LABELS = {
 }
 COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#d62728", "#8c564b"]
 
-W, H = 760, 440
-LEFT, RIGHT, TOP, BOTTOM = 70, 230, 30, 50
+W, H = 900, 440
+LEFT, RIGHT, TOP, BOTTOM = 70, 300, 30, 50
 
 
 def load():
