@@ -16,9 +16,9 @@ use rdkafka::producer::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::config::{self, KafkaEventSinkConfig};
+use super::config::KafkaEventSinkConfig;
 use super::error::KafkaFanoutError;
-use super::{BACKEND, apply, base_config};
+use super::{BACKEND, apply, base_config, idempotent_producer};
 
 /// The schema version this code writes and reads.
 const VERSION: u32 = 1;
@@ -176,22 +176,15 @@ impl KafkaEventSink {
     pub async fn with_config(config: KafkaEventSinkConfig) -> Result<Self, Error> {
         create_topic_if_missing(&config).await?;
         let counters = Arc::new(SinkCounters::default());
-        let mut client = base_config(&config.brokers, &[]);
-        client
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", config::millis(config.linger))
-            .set(
-                "message.timeout.ms",
-                config::millis(config.delivery_timeout),
-            )
-            .set(
-                "queue.buffering.max.messages",
-                config
-                    .queue_capacity
-                    .clamp(1, i32::MAX as usize)
-                    .to_string(),
-            );
+        let mut client =
+            idempotent_producer(&config.brokers, config.linger, config.delivery_timeout);
+        client.set(
+            "queue.buffering.max.messages",
+            config
+                .queue_capacity
+                .clamp(1, i32::MAX as usize)
+                .to_string(),
+        );
         apply(&mut client, &config.client_settings);
         let producer = client
             .create_with_context(SinkContext {

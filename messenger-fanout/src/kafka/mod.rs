@@ -892,17 +892,26 @@ fn apply(config: &mut ClientConfig, settings: &[(String, String)]) {
     }
 }
 
-/// The fanout's producer (settings explained in the module docs).
-fn producer(config: &KafkaFanoutConfig) -> Result<FutureProducer, KafkaFanoutError> {
-    let mut client = base_config(&config.brokers, &[]);
+/// The settings every producer of this module shares (explained in the module docs): every
+/// replica acknowledges, the broker drops retried duplicates, `linger` batches and
+/// `delivery_timeout` bounds how long a message may wait for its acknowledgement.
+fn idempotent_producer(
+    brokers: &str,
+    linger: Duration,
+    delivery_timeout: Duration,
+) -> ClientConfig {
+    let mut client = base_config(brokers, &[]);
     client
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", config::millis(config.linger))
-        .set(
-            "message.timeout.ms",
-            config::millis(config.delivery_timeout),
-        );
+        .set("linger.ms", config::millis(linger))
+        .set("message.timeout.ms", config::millis(delivery_timeout));
+    client
+}
+
+/// The fanout's producer (settings explained in the module docs).
+fn producer(config: &KafkaFanoutConfig) -> Result<FutureProducer, KafkaFanoutError> {
+    let mut client = idempotent_producer(&config.brokers, config.linger, config.delivery_timeout);
     apply(&mut client, &config.client_settings);
     client.create().map_err(|source| KafkaFanoutError::Client {
         what: "producer",

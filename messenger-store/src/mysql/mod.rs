@@ -519,24 +519,10 @@ async fn append_once(pool: &Pool, message: &Arc<Message>) -> Result<Appended, My
             value: 0,
         });
     }
-    let sent_at = checked("sent_at", message.sent_at.as_millis())?;
-    let body = serde_json::to_vec(&message.body)?;
+    let row = message_row(message, seq)?;
     let conversation = message.conversation.as_str();
     let mut tx = pool.start_transaction(TxOpts::default()).await?;
-    let inserted = tx
-        .exec_drop(
-            INSERT_MESSAGE,
-            (
-                conversation,
-                seq,
-                message.sender.as_str(),
-                message.sender_device.as_str(),
-                message.client_msg_id.as_str(),
-                sent_at,
-                body,
-            ),
-        )
-        .await;
+    let inserted = tx.exec_drop(INSERT_MESSAGE, row).await;
     match inserted {
         Ok(()) => {
             raise_head(&mut tx, conversation, seq).await?;
@@ -580,25 +566,25 @@ async fn append_once(pool: &Pool, message: &Arc<Message>) -> Result<Appended, My
     }
 }
 
+/// The parameters of [`INSERT_MESSAGE`] for `message` at `seq`.
+fn message_row(message: &Message, seq: u64) -> Result<Params, MysqlError> {
+    Ok(Params::from((
+        message.conversation.as_str(),
+        seq,
+        message.sender.as_str(),
+        message.sender_device.as_str(),
+        message.client_msg_id.as_str(),
+        checked("sent_at", message.sent_at.as_millis())?,
+        serde_json::to_vec(&message.body)?,
+    )))
+}
+
 /// Inserts `message` unless its seq is taken, raising the head when it was inserted.
 async fn insert_if_free(conn: &mut impl Queryable, message: &Message) -> Result<bool, MysqlError> {
     let seq = checked("seq", message.seq.get())?;
-    let body = serde_json::to_vec(&message.body)?;
+    let row = message_row(message, seq)?;
     let conversation = message.conversation.as_str();
-    let inserted: Result<(), mysql_async::Error> = conn
-        .exec_drop(
-            INSERT_MESSAGE,
-            (
-                conversation,
-                seq,
-                message.sender.as_str(),
-                message.sender_device.as_str(),
-                message.client_msg_id.as_str(),
-                checked("sent_at", message.sent_at.as_millis())?,
-                body,
-            ),
-        )
-        .await;
+    let inserted: Result<(), mysql_async::Error> = conn.exec_drop(INSERT_MESSAGE, row).await;
     match inserted {
         Ok(()) => {
             raise_head(conn, conversation, seq).await?;
