@@ -34,6 +34,18 @@ pub struct Identity {
     pub expires_at: Option<Timestamp>,
 }
 
+impl Identity {
+    /// A user on one of their devices, with no expiry: what a bot, an admin job or an
+    /// integrator's own authentication acts as when it calls the chat engine.
+    pub fn new(user: UserId, device: DeviceId) -> Self {
+        Self {
+            user,
+            device,
+            expires_at: None,
+        }
+    }
+}
+
 impl Operation for Authenticate {
     type Response = Identity;
     const NAME: &'static str = "authenticate";

@@ -69,6 +69,7 @@ pub struct Error {
     message: String,
     backend: Option<&'static str>,
     source: Option<BoxError>,
+    code: Option<ErrorCode>,
 }
 
 impl Error {
@@ -79,6 +80,36 @@ impl Error {
             message: message.into(),
             backend: None,
             source: None,
+            code: None,
+        }
+    }
+
+    /// A refusal meant for the client: the protocol `code` of its error frame and `message`
+    /// in our own words, shown to the client as they are. The kind follows from the code.
+    ///
+    /// Errors made with [`Error::new`] (a backend's) never show their message to clients:
+    /// see [`Error::client_message`].
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut err = Self::new(code.kind(), message);
+        err.code = Some(code);
+        err
+    }
+
+    /// The protocol code of a refusal made with [`Error::refused`]; `None` for other errors.
+    pub fn refusal_code(&self) -> Option<ErrorCode> {
+        self.code
+    }
+
+    /// The code and message an error frame carries for this error: a refusal's own; for any
+    /// other error (a backend's), the code of its kind and generic words, so backend text
+    /// never reaches a client.
+    pub fn client_message(&self) -> (ErrorCode, &str) {
+        match self.code {
+            Some(code) => (code, &self.message),
+            None => {
+                let code = ErrorCode::from(self);
+                (code, code.generic_message())
+            }
         }
     }
 
@@ -133,6 +164,114 @@ impl Error {
                     Error::new(ErrorKind::Unexpected, err.to_string()).with_source(err)
                 }
             }
+        }
+    }
+}
+
+/// The `code` of an `error` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Not JSON, not an object, or fields of the wrong shape.
+    BadFrame,
+    /// A `type` this server does not know.
+    UnknownType,
+    /// An identifier that breaks the documented rules.
+    InvalidId,
+    /// A body or list over its documented limit.
+    TooLarge,
+    /// The frame is well-formed but makes no sense (seq past the head, adding a member twice...).
+    InvalidRequest,
+    /// A frame other than `hello` before authentication, or `hello` twice.
+    NotAuthenticated,
+    /// The user is not a member of the conversation.
+    NotMember,
+    /// The user's role does not allow this.
+    Forbidden,
+    /// No such conversation.
+    NotFound,
+    /// Too many frames; slow down.
+    RateLimited,
+    /// A backend is unavailable; retry later.
+    Unavailable,
+    /// The operation timed out; retry (sends are idempotent).
+    Timeout,
+    /// The node is overloaded; retry later.
+    Overloaded,
+    /// A bug on the server.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether sending the same frame again later may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::RateLimited
+                | ErrorCode::Unavailable
+                | ErrorCode::Timeout
+                | ErrorCode::Overloaded
+                | ErrorCode::Internal
+        )
+    }
+}
+
+impl ErrorCode {
+    /// The [`ErrorKind`] a refusal with this code has.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            ErrorCode::BadFrame
+            | ErrorCode::UnknownType
+            | ErrorCode::InvalidId
+            | ErrorCode::TooLarge
+            | ErrorCode::InvalidRequest => ErrorKind::InvalidRequest,
+            ErrorCode::NotAuthenticated => ErrorKind::Unauthorized,
+            ErrorCode::NotMember | ErrorCode::Forbidden => ErrorKind::Forbidden,
+            ErrorCode::NotFound => ErrorKind::NotFound,
+            ErrorCode::RateLimited | ErrorCode::Overloaded => ErrorKind::Overloaded,
+            ErrorCode::Unavailable => ErrorKind::Unavailable,
+            ErrorCode::Timeout => ErrorKind::Timeout,
+            ErrorCode::Internal => ErrorKind::Unexpected,
+        }
+    }
+
+    /// Words a client may be shown for an error of this code whose own message is not meant
+    /// for clients (a backend's).
+    pub fn generic_message(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "malformed frame",
+            ErrorCode::UnknownType => "unsupported frame",
+            ErrorCode::InvalidId => "invalid identifier",
+            ErrorCode::TooLarge => "over a documented limit",
+            ErrorCode::InvalidRequest => "the request does not fit the current state",
+            ErrorCode::NotAuthenticated => "not authenticated",
+            ErrorCode::NotMember => "not a member of this conversation",
+            ErrorCode::Forbidden => "not allowed",
+            ErrorCode::NotFound => "not found",
+            ErrorCode::RateLimited => "too many requests; slow down",
+            ErrorCode::Unavailable => "a backend is unavailable; retry later",
+            ErrorCode::Timeout => "the operation timed out; retry",
+            ErrorCode::Overloaded => "the server is overloaded; retry later",
+            ErrorCode::Internal => "internal error",
+        }
+    }
+}
+
+impl From<&crate::Error> for ErrorCode {
+    fn from(err: &crate::Error) -> Self {
+        if let Some(code) = err.code {
+            return code;
+        }
+        match err.kind() {
+            ErrorKind::NotFound => ErrorCode::NotFound,
+            ErrorKind::InvalidRequest | ErrorKind::Conflict => ErrorCode::InvalidRequest,
+            ErrorKind::Unauthorized => ErrorCode::NotAuthenticated,
+            ErrorKind::Forbidden => ErrorCode::Forbidden,
+            ErrorKind::Unavailable => ErrorCode::Unavailable,
+            ErrorKind::Timeout => ErrorCode::Timeout,
+            ErrorKind::Overloaded => ErrorCode::Overloaded,
+            _ => ErrorCode::Internal,
         }
     }
 }

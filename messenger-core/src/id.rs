@@ -43,7 +43,7 @@ pub enum InvalidId {
 
 impl From<InvalidId> for Error {
     fn from(err: InvalidId) -> Self {
-        Error::new(ErrorKind::InvalidRequest, err.to_string())
+        Error::refused(crate::error::ErrorCode::InvalidId, err.to_string())
     }
 }
 

@@ -558,70 +558,7 @@ impl Default for Limits {
     }
 }
 
-/// The `code` of an `error` frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ErrorCode {
-    /// Not JSON, not an object, or fields of the wrong shape.
-    BadFrame,
-    /// A `type` this server does not know.
-    UnknownType,
-    /// An identifier that breaks the documented rules.
-    InvalidId,
-    /// A body or list over its documented limit.
-    TooLarge,
-    /// The frame is well-formed but makes no sense (seq past the head, adding a member twice...).
-    InvalidRequest,
-    /// A frame other than `hello` before authentication, or `hello` twice.
-    NotAuthenticated,
-    /// The user is not a member of the conversation.
-    NotMember,
-    /// The user's role does not allow this.
-    Forbidden,
-    /// No such conversation.
-    NotFound,
-    /// Too many frames; slow down.
-    RateLimited,
-    /// A backend is unavailable; retry later.
-    Unavailable,
-    /// The operation timed out; retry (sends are idempotent).
-    Timeout,
-    /// The node is overloaded; retry later.
-    Overloaded,
-    /// A bug on the server.
-    Internal,
-}
-
-impl ErrorCode {
-    /// Whether sending the same frame again later may succeed.
-    pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::RateLimited
-                | ErrorCode::Unavailable
-                | ErrorCode::Timeout
-                | ErrorCode::Overloaded
-                | ErrorCode::Internal
-        )
-    }
-}
-
-impl From<&crate::Error> for ErrorCode {
-    fn from(err: &crate::Error) -> Self {
-        use crate::ErrorKind;
-        match err.kind() {
-            ErrorKind::NotFound => ErrorCode::NotFound,
-            ErrorKind::InvalidRequest | ErrorKind::Conflict => ErrorCode::InvalidRequest,
-            ErrorKind::Unauthorized => ErrorCode::NotAuthenticated,
-            ErrorKind::Forbidden => ErrorCode::Forbidden,
-            ErrorKind::Unavailable => ErrorCode::Unavailable,
-            ErrorKind::Timeout => ErrorCode::Timeout,
-            ErrorKind::Overloaded => ErrorCode::Overloaded,
-            _ => ErrorCode::Internal,
-        }
-    }
-}
+pub use crate::error::ErrorCode;
 
 /// WebSocket close codes the server uses.
 pub mod close {

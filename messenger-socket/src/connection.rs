@@ -16,13 +16,11 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use messenger_core::auth::{Authenticate, Identity};
 use messenger_core::presence::{RegisterDevice, UnregisterDevice};
 use messenger_core::protocol::{
-    ClientFrame, ErrorCode, NewBody, PROTOCOL_VERSION, ServerFrame, close, decode_client_frame,
+    ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame, close, decode_client_frame,
 };
-use messenger_core::store::{
-    GetReceipts, MessagePage, ReadBefore, ReadRange, UserConversations, VoidSeq,
-};
+use messenger_core::store::{MessagePage, ReadRange, UserConversations, VoidSeq};
 use messenger_core::{
-    Body, ClientMsgId, ConversationId, ConversationSummary, DomainEvent, Error, Message,
+    Body, ClientMsgId, ConversationId, ConversationSummary, DomainEvent, Error, ErrorKind, Message,
     ReceiptKind, RequestId, Role, Seq, Timestamp, UserId, call,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,8 +31,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 
+use crate::engine::{
+    AddMembers, Backends, CreateGroup, Engine, GetMembers, GetPresence, LeaveGroup,
+    ListConversations, MarkReceipt, OpenDirect, Prepared, ReadHistory, ReadReceipts, RemoveMember,
+    SetRole, SetTyping,
+};
 use crate::hub::{ConnectionHandle, Outbound, Taken};
-use crate::node::{Backends, Node, Refusal};
 
 /// How long to wait before asking the store again for a seq that is still missing.
 const HOLE_RETRY: Duration = Duration::from_millis(50);
@@ -47,7 +49,7 @@ const WRITE_BATCHES: usize = 4;
 /// The caller has completed the WebSocket handshake; this runs the protocol: `hello`
 /// (authentication), then frames until the peer leaves, the node shuts down or the
 /// connection breaks a limit. Never panics on input from the peer.
-pub async fn serve_connection<B, S>(node: Node<B>, mut ws: WebSocketStream<S>)
+pub async fn serve_connection<B, S>(node: Engine<B>, mut ws: WebSocketStream<S>)
 where
     B: Backends,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -117,7 +119,7 @@ where
 /// Reads the `hello` frame and authenticates. `Err(Some(close))` closes with a code;
 /// `Err(None)` means the peer went away.
 async fn hello<B, S>(
-    node: &Node<B>,
+    node: &Engine<B>,
     ws: &mut WebSocketStream<S>,
 ) -> Result<Identity, Option<(u16, String)>>
 where
@@ -157,7 +159,7 @@ where
             },
         )
         .await
-        .map_err(|err| Some((close::UNAUTHORIZED, truncate(err.message()))))?;
+        .map_err(|err| Some((close::UNAUTHORIZED, truncate(err.client_message().1))))?;
         if identity
             .expires_at
             .is_some_and(|expiry| expiry <= Timestamp::now())
@@ -198,7 +200,7 @@ async fn close_with<S>(
     ws: &mut WebSocketStream<S>,
     code: u16,
     reason: &str,
-    config: &crate::NodeConfig,
+    config: &crate::EngineConfig,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -225,7 +227,7 @@ impl SendWorker {
     /// Queues `send` for the worker (starting it if needed); waits while the queue is full.
     async fn send<B: Backends>(
         &mut self,
-        node: &Node<B>,
+        node: &Engine<B>,
         identity: &Identity,
         handle: &ConnectionHandle,
         send: QueuedSend,
@@ -237,9 +239,12 @@ impl SendWorker {
     }
 }
 
-/// Checks and sequences sends one at a time, in order, then stores them concurrently.
+/// Checks and sequences sends one at a time, in order, then stores them concurrently: the
+/// engine's send pipeline in two stages ([`Engine::prepare_send`], [`Engine::commit_send`]),
+/// so a device's pipelined sends get increasing seqs without waiting for each other's
+/// durable write.
 fn spawn_send_worker<B: Backends>(
-    node: Node<B>,
+    node: Engine<B>,
     identity: Identity,
     handle: ConnectionHandle,
 ) -> mpsc::Sender<QueuedSend> {
@@ -255,40 +260,30 @@ fn spawn_send_worker<B: Backends>(
                 .prepare_send(&identity, conversation.clone(), client_msg_id.clone(), body)
                 .await;
             match prepared {
-                Ok(Ok(pending)) => {
+                Ok(Prepared::Pending(pending)) => {
                     let node = node.clone();
                     let handle = handle.clone();
                     tokio::spawn(async move {
-                        crate::media::record_pending(&node, &pending.message).await;
-                        let (frame, upload, stored) = match node.store_pending(pending).await {
-                            Ok(stored) => (
-                                sent_frame(&stored.message, stored.duplicate),
-                                crate::media::upload_frame(&node, &stored.message).await,
-                                Some(stored),
-                            ),
-                            Err(refusal) => {
-                                (send_error(conversation, client_msg_id, refusal), None, None)
+                        match node.commit_send(pending).await {
+                            Ok(mut stored) => {
+                                // Durable: ack first, then deliver.
+                                let upload = node.upload_ticket(&stored.message).await;
+                                push_sent(&handle, &stored.message, stored.duplicate, upload);
+                                node.deliver_stored(&mut stored).await;
                             }
-                        };
-                        // Durable: ack first, then deliver.
-                        handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
-                        if let Some(upload) = upload {
-                            handle.push(Outbound::Frame(Utf8Bytes::from(upload.to_json())));
-                        }
-                        if let Some(mut stored) = stored {
-                            node.deliver_stored(&mut stored).await;
+                            Err(err) => {
+                                let frame = send_error(conversation, client_msg_id, &err);
+                                handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+                            }
                         }
                     });
                 }
-                Ok(Err(stored)) => {
-                    let frame = sent_frame(&stored.message, stored.duplicate);
-                    handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
-                    if let Some(upload) = crate::media::upload_frame(&node, &stored.message).await {
-                        handle.push(Outbound::Frame(Utf8Bytes::from(upload.to_json())));
-                    }
+                Ok(Prepared::Duplicate(stored)) => {
+                    let upload = node.upload_ticket(&stored.message).await;
+                    push_sent(&handle, &stored.message, stored.duplicate, upload);
                 }
-                Err(refusal) => {
-                    let frame = send_error(conversation, client_msg_id, refusal);
+                Err(err) => {
+                    let frame = send_error(conversation, client_msg_id, &err);
                     handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
                 }
             }
@@ -297,28 +292,66 @@ fn spawn_send_worker<B: Backends>(
     sender
 }
 
-fn sent_frame(message: &Message, duplicate: bool) -> ServerFrame {
-    ServerFrame::Sent {
+/// Queues the ack of a stored send, and its upload ticket for a pending media message.
+fn push_sent(
+    handle: &ConnectionHandle,
+    message: &Message,
+    duplicate: bool,
+    upload: Option<messenger_core::protocol::UploadTicket>,
+) {
+    let sent = ServerFrame::Sent {
         conversation: message.conversation.clone(),
         client_msg_id: message.client_msg_id.clone(),
         seq: message.seq,
         sent_at: message.sent_at,
         duplicate,
+    };
+    handle.push(Outbound::Frame(Utf8Bytes::from(sent.to_json())));
+    if let Some(upload) = upload {
+        let frame = ServerFrame::Upload {
+            conversation: message.conversation.clone(),
+            client_msg_id: message.client_msg_id.clone(),
+            seq: message.seq,
+            upload,
+        };
+        handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
     }
+}
+
+/// The code and words an error frame carries for `err`; a backend's error is logged here and
+/// reaches the client only as its code and generic words.
+fn refusal_words(err: &Error) -> (ErrorCode, String) {
+    if err.refusal_code().is_none()
+        && !matches!(
+            err.kind(),
+            ErrorKind::InvalidRequest | ErrorKind::NotFound | ErrorKind::Forbidden
+        )
+    {
+        tracing::warn!(error = %err, "backend error");
+    }
+    let (code, message) = err.client_message();
+    (code, message.to_owned())
+}
+
+/// The error frame answering request `id`.
+fn request_error(id: Option<RequestId>, err: &Error) -> ServerFrame {
+    let (code, message) = refusal_words(err);
+    ServerFrame::error(id, code, message)
 }
 
 fn send_error(
     conversation: ConversationId,
     client_msg_id: ClientMsgId,
-    refusal: Refusal,
+    err: &Error,
 ) -> ServerFrame {
+    let (code, message) = refusal_words(err);
     ServerFrame::Error {
         id: None,
         conversation: Some(conversation),
         client_msg_id: Some(client_msg_id),
-        code: refusal.code,
-        message: refusal.message,
-        retryable: refusal.code.is_retryable(),
+        code,
+        message,
+        retryable: code.is_retryable(),
     }
 }
 
@@ -386,7 +419,7 @@ struct PendingSync {
 }
 
 struct Connection<B> {
-    node: Node<B>,
+    node: Engine<B>,
     identity: Identity,
     handle: ConnectionHandle,
     sends: SendWorker,
@@ -416,7 +449,12 @@ fn limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
 }
 
 impl<B: Backends> Connection<B> {
-    fn new(node: Node<B>, identity: Identity, handle: ConnectionHandle, sends: SendWorker) -> Self {
+    fn new(
+        node: Engine<B>,
+        identity: Identity,
+        handle: ConnectionHandle,
+        sends: SendWorker,
+    ) -> Self {
         let limits = node.config().limits.clone();
         let node_write_timeout = node.config().write_timeout;
         Self {
@@ -456,7 +494,7 @@ impl<B: Backends> Connection<B> {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let ping_interval = self.node.config().ping_interval;
-        let mut shutdown = self.node.inner.shutdown.subscribe();
+        let mut shutdown = self.node.shutdown_signal();
         if *shutdown.borrow_and_update() {
             return Box::pin(self.reconnect_notice(ws)).await;
         }
@@ -933,11 +971,7 @@ impl<B: Backends> Connection<B> {
                 // Conversations with nothing to stream (or none at all) are done already.
                 self.check_synced(ws, None).await
             }
-            Done::SyncLoaded(Err(err), _) => {
-                let refusal = Refusal::from(err);
-                self.reply(ws, ServerFrame::error(None, refusal.code, refusal.message))
-                    .await
-            }
+            Done::SyncLoaded(Err(err), _) => self.reply(ws, request_error(None, &err)).await,
             Done::Fetched(conversation, result) => {
                 let Some(track) = self.tracks.get_mut(&conversation) else {
                     return Ok(());
@@ -1021,14 +1055,14 @@ impl<B: Backends> Connection<B> {
     fn spawn_request<F, W>(&self, id: Option<RequestId>, work: W) -> Result<(), End>
     where
         W: FnOnce(Option<RequestId>) -> F,
-        F: std::future::Future<Output = Result<ServerFrame, Refusal>> + Send + 'static,
+        F: std::future::Future<Output = Result<ServerFrame, Error>> + Send + 'static,
     {
         let handle = self.handle.clone();
         let work = work(id.clone());
         tokio::spawn(async move {
             let frame = match work.await {
                 Ok(frame) => frame,
-                Err(refusal) => ServerFrame::error(id, refusal.code, refusal.message),
+                Err(err) => request_error(id, &err),
             };
             handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
         });
@@ -1068,30 +1102,7 @@ impl<B: Backends> Connection<B> {
                 client_msg_id,
                 body,
             } => {
-                let body = match body {
-                    NewBody::Text { text } => {
-                        if text.len() > limits.max_text_bytes {
-                            Err(Refusal::new(
-                                ErrorCode::TooLarge,
-                                format!(
-                                    "text is {} bytes; the limit is {}",
-                                    text.len(),
-                                    limits.max_text_bytes
-                                ),
-                            ))
-                        } else if text.trim().is_empty() {
-                            Err(Refusal::new(
-                                ErrorCode::InvalidRequest,
-                                "text must not be empty",
-                            ))
-                        } else {
-                            Ok(Body::Text { text })
-                        }
-                    }
-                    NewBody::Media(media) => crate::media::accept(&node, media),
-                    _ => Err(Refusal::new(ErrorCode::InvalidRequest, "unsupported body")),
-                };
-                let refusal = match body {
+                let err = match node.validate_body(body) {
                     // A full send queue slows the reading of this connection (backpressure)
                     // rather than refusing: refusals would make retries overtake later sends.
                     Ok(body) => match self
@@ -1109,11 +1120,11 @@ impl<B: Backends> Connection<B> {
                         .await
                     {
                         Ok(()) => return Ok(()),
-                        Err(_) => Refusal::new(ErrorCode::Internal, "the send worker stopped"),
+                        Err(_) => Error::refused(ErrorCode::Internal, "the send worker stopped"),
                     },
-                    Err(refusal) => refusal,
+                    Err(err) => err,
                 };
-                self.reply(ws, send_error(conversation, client_msg_id, refusal))
+                self.reply(ws, send_error(conversation, client_msg_id, &err))
                     .await
             }
             ClientFrame::Delivered { conversation, seq } => {
@@ -1131,8 +1142,13 @@ impl<B: Backends> Connection<B> {
                 if self.typing.check().is_ok() {
                     let handle = self.handle.clone();
                     tokio::spawn(async move {
-                        if let Err(refusal) = node.typing(&me, conversation.clone(), active).await {
-                            let frame = conversation_error(conversation, refusal);
+                        let typing = SetTyping {
+                            actor: me,
+                            conversation,
+                            active,
+                        };
+                        if let Err(err) = node.set_typing(typing).await {
+                            let frame = request_error(None, &err);
                             handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
                         }
                     });
@@ -1140,12 +1156,25 @@ impl<B: Backends> Connection<B> {
                 Ok(())
             }
             ClientFrame::OpenDirect { id, user } => self.spawn_request(id, |request| async move {
-                node.open_direct(request, &me, user).await
+                let info = node
+                    .open_direct(OpenDirect {
+                        actor: me,
+                        other: user,
+                    })
+                    .await?;
+                Ok(conversation_frame(request, info))
             }),
             ClientFrame::CreateGroup { id, title, members } => {
                 self.spawn_request(id, |request| async move {
-                    let conversation = node.create_group(&me, title, members).await?;
-                    node.conversation_frame(request, &conversation).await
+                    let create = CreateGroup {
+                        actor: me,
+                        title,
+                        members,
+                    };
+                    Ok(conversation_frame(
+                        request,
+                        node.create_group(create).await?,
+                    ))
                 })
             }
             ClientFrame::AddMembers {
@@ -1154,22 +1183,37 @@ impl<B: Backends> Connection<B> {
                 users,
                 role,
             } => self.spawn_request(id, |request| async move {
-                let role = role.unwrap_or(Role::Member);
-                let seq = node.add_members(&me, &conversation, users, role).await?;
-                Ok(changed(request, conversation, seq))
+                let add = AddMembers {
+                    actor: me,
+                    conversation: conversation.clone(),
+                    users,
+                    role: role.unwrap_or(Role::Member),
+                };
+                Ok(changed(request, conversation, node.add_members(add).await?))
             }),
             ClientFrame::RemoveMember {
                 id,
                 conversation,
                 user,
             } => self.spawn_request(id, |request| async move {
-                let seq = node.remove_member(&me, &conversation, user).await?;
-                Ok(changed(request, conversation, seq))
+                let remove = RemoveMember {
+                    actor: me,
+                    conversation: conversation.clone(),
+                    user,
+                };
+                Ok(changed(
+                    request,
+                    conversation,
+                    node.remove_member(remove).await?,
+                ))
             }),
             ClientFrame::Leave { id, conversation } => {
                 self.spawn_request(id, |request| async move {
-                    let seq = node.leave(&me, &conversation).await?;
-                    Ok(changed(request, conversation, seq))
+                    let leave = LeaveGroup {
+                        actor: me,
+                        conversation: conversation.clone(),
+                    };
+                    Ok(changed(request, conversation, node.leave(leave).await?))
                 })
             }
             ClientFrame::SetRole {
@@ -1178,8 +1222,13 @@ impl<B: Backends> Connection<B> {
                 user,
                 role,
             } => self.spawn_request(id, |request| async move {
-                let seq = node.set_role(&me, &conversation, user, role).await?;
-                Ok(changed(request, conversation, seq))
+                let set = SetRole {
+                    actor: me,
+                    conversation: conversation.clone(),
+                    user,
+                    role,
+                };
+                Ok(changed(request, conversation, node.set_role(set).await?))
             }),
             ClientFrame::History {
                 id,
@@ -1187,49 +1236,26 @@ impl<B: Backends> Connection<B> {
                 after,
                 before,
                 limit,
-            } => {
-                let limit = limit
-                    .unwrap_or(limits.max_history_limit)
-                    .clamp(1, limits.max_history_limit);
-                self.spawn_request(id, |request| async move {
-                    node.membership(&conversation, &me.user).await?;
-                    let store = node.services().store();
-                    let page = match after {
-                        Some(after) => {
-                            call(
-                                store,
-                                ReadRange {
-                                    conversation: conversation.clone(),
-                                    after,
-                                    until: None,
-                                    limit,
-                                },
-                            )
-                            .await?
-                        }
-                        None => {
-                            call(
-                                store,
-                                ReadBefore {
-                                    conversation: conversation.clone(),
-                                    before,
-                                    limit,
-                                },
-                            )
-                            .await?
-                        }
-                    };
-                    Ok(ServerFrame::History {
-                        id: request,
-                        conversation,
-                        messages: page.messages,
-                        head: page.head,
-                    })
+            } => self.spawn_request(id, |request| async move {
+                let read = ReadHistory {
+                    actor: me,
+                    conversation: conversation.clone(),
+                    after,
+                    before,
+                    limit,
+                };
+                let page = node.read_history(read).await?;
+                Ok(ServerFrame::History {
+                    id: request,
+                    conversation,
+                    messages: page.messages,
+                    head: page.head,
                 })
-            }
+            }),
             ClientFrame::Conversations { id } => self.spawn_request(id, |request| async move {
-                let conversations =
-                    call(node.services().store(), UserConversations { user: me.user }).await?;
+                let conversations = node
+                    .list_conversations(ListConversations { user: me.user })
+                    .await?;
                 Ok(ServerFrame::Conversations {
                     id: request,
                     conversations,
@@ -1237,20 +1263,23 @@ impl<B: Backends> Connection<B> {
             }),
             ClientFrame::Members { id, conversation } => {
                 self.spawn_request(id, |request| async move {
-                    node.membership(&conversation, &me.user).await?;
-                    node.conversation_frame(request, &conversation).await
+                    let info = node
+                        .get_members(GetMembers {
+                            actor: me,
+                            conversation,
+                        })
+                        .await?;
+                    Ok(conversation_frame(request, info))
                 })
             }
             ClientFrame::Receipts { id, conversation } => {
                 self.spawn_request(id, |request| async move {
-                    node.membership(&conversation, &me.user).await?;
-                    let receipts = call(
-                        node.services().store(),
-                        GetReceipts {
+                    let receipts = node
+                        .read_receipts(ReadReceipts {
+                            actor: me,
                             conversation: conversation.clone(),
-                        },
-                    )
-                    .await?;
+                        })
+                        .await?;
                     Ok(ServerFrame::Receipts {
                         id: request,
                         conversation,
@@ -1258,22 +1287,13 @@ impl<B: Backends> Connection<B> {
                     })
                 })
             }
-            ClientFrame::LastSeen { id, users } => {
-                if let Err(refusal) = check_user_count(&users, limits.max_users_per_request) {
-                    return self
-                        .reply(ws, ServerFrame::error(id, refusal.code, refusal.message))
-                        .await;
-                }
-                self.spawn_request(id, |request| async move {
-                    let users = node.presence_of(users).await?;
-                    Ok(ServerFrame::LastSeen { id: request, users })
-                })
-            }
+            ClientFrame::LastSeen { id, users } => self.spawn_request(id, |request| async move {
+                let users = node.presence_of(GetPresence { users }).await?;
+                Ok(ServerFrame::LastSeen { id: request, users })
+            }),
             ClientFrame::SubscribePresence { id, users } => {
-                if let Err(refusal) = check_user_count(&users, limits.max_users_per_request) {
-                    return self
-                        .reply(ws, ServerFrame::error(id, refusal.code, refusal.message))
-                        .await;
+                if let Err(err) = check_user_count(&users, limits.max_users_per_request) {
+                    return self.reply(ws, request_error(id, &err)).await;
                 }
                 if self.watched.len() + users.len() > limits.max_users_per_request * 4 {
                     return self
@@ -1292,7 +1312,7 @@ impl<B: Backends> Connection<B> {
                 self.reply(ws, ServerFrame::Ok { id }).await?;
                 let handle = self.handle.clone();
                 tokio::spawn(async move {
-                    if let Ok(states) = node.presence_of(users).await {
+                    if let Ok(states) = node.presence_of(GetPresence { users }).await {
                         for state in states {
                             let frame = ServerFrame::Presence {
                                 user: state.user,
@@ -1306,6 +1326,9 @@ impl<B: Backends> Connection<B> {
                 Ok(())
             }
             ClientFrame::UnsubscribePresence { id, users } => {
+                if let Err(err) = check_user_count(&users, limits.max_users_per_request) {
+                    return self.reply(ws, request_error(id, &err)).await;
+                }
                 let users: HashSet<UserId> = users.into_iter().collect();
                 self.node.hub().unwatch(self.handle.id, &users);
                 self.watched.retain(|user| !users.contains(user));
@@ -1324,29 +1347,32 @@ impl<B: Backends> Connection<B> {
 
     fn receipt(&self, conversation: ConversationId, kind: ReceiptKind, seq: Seq) {
         let node = self.node.clone();
-        let me = self.identity.clone();
+        let mark = MarkReceipt {
+            actor: self.identity.clone(),
+            conversation,
+            kind,
+            seq,
+        };
         let handle = self.handle.clone();
         tokio::spawn(async move {
-            if let Err(refusal) = node
-                .update_receipt(&me, conversation.clone(), kind, seq)
-                .await
-            {
-                let frame = conversation_error(conversation, refusal);
+            // Refusals of receipts carry neither `id` nor `conversation` (docs/protocol.md).
+            if let Err(err) = node.mark_receipt(mark).await {
+                let frame = request_error(None, &err);
                 handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
             }
         });
     }
 }
 
-/// The error frame for a refused frame about `conversation` that has no request id.
-fn conversation_error(conversation: ConversationId, refusal: Refusal) -> ServerFrame {
-    ServerFrame::Error {
-        id: None,
-        conversation: Some(conversation),
-        client_msg_id: None,
-        code: refusal.code,
-        message: refusal.message,
-        retryable: refusal.code.is_retryable(),
+fn conversation_frame(
+    id: Option<RequestId>,
+    info: messenger_core::store::ConversationInfo,
+) -> ServerFrame {
+    ServerFrame::Conversation {
+        id,
+        conversation: info.conversation,
+        members: info.members,
+        head: info.head,
     }
 }
 
@@ -1358,9 +1384,9 @@ fn changed(id: Option<RequestId>, conversation: ConversationId, seq: Seq) -> Ser
     }
 }
 
-fn check_user_count(users: &[UserId], max: usize) -> Result<(), Refusal> {
+fn check_user_count(users: &[UserId], max: usize) -> Result<(), Error> {
     if users.len() > max {
-        return Err(Refusal::new(
+        return Err(Error::refused(
             ErrorCode::TooLarge,
             format!("at most {max} users per request"),
         ));

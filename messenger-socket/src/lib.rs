@@ -1,12 +1,13 @@
-//! The socket layer of the messenger SDK: WebSocket connections, authentication, per-connection
-//! ordering and backpressure, the presence registry, and the node that composes a store, a
-//! sequencer and a fanout into a chat server.
+//! The chat engine of the messenger SDK and its edge: the engine that composes a store, a
+//! sequencer, a fanout and a presence registry into chat operations, and the WebSocket and HTTP
+//! endpoints that expose it.
 //!
-//! - [`Node`] holds the services ([`Services`]) and runs the chat operations: send (checked,
-//!   sequenced, stored durably, then fanned out), group membership, receipts, typing,
-//!   presence.
+//! - [`engine`]: the [`Engine`] and its operations, each a [`tower::Service`] with a typed
+//!   request (send, open a direct chat, create a group, add/remove members, roles, leave,
+//!   receipts, typing, presence, history...), callable from any code with the same guarantees
+//!   as a WebSocket client gets.
 //! - [`serve_connection`] runs the protocol (`docs/protocol.md`) on one WebSocket, over any
-//!   byte stream.
+//!   byte stream: one client of the engine.
 //! - [`Server`] is the HTTP side: `GET /ws`, `/healthz`, `/readyz`, connection limit, drain.
 //! - [`hub::Hub`] is the node's registry of local connections; the local fanout delivers
 //!   through it.
@@ -14,7 +15,7 @@
 //! - [`media`]: media messages: upload tickets, the upload and download endpoints, expiry.
 //! - `client` (feature `client`): the Rust client with outbox, resume and gap filling.
 //!
-//! A node on the embedded backends, serving one connection over an in-memory pipe (a real
+//! An engine on the embedded backends, serving one connection over an in-memory pipe (a real
 //! server uses [`Server`] on TCP instead):
 //!
 //! ```
@@ -24,7 +25,7 @@
 //! use messenger_fanout::{Fanout, local::LocalFanout};
 //! use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 //! use messenger_socket::auth::DevAuthenticator;
-//! use messenger_socket::{Node, NodeConfig, Services, hub::Hub, presence::MemoryPresence};
+//! use messenger_socket::{Engine, EngineConfig, Services, hub::Hub, presence::MemoryPresence};
 //! use messenger_store::{EmbeddedStore, Store};
 //! use tokio_tungstenite::WebSocketStream;
 //! use tokio_tungstenite::tungstenite::{Message, protocol::Role};
@@ -42,12 +43,12 @@
 //!     auth: DevAuthenticator,
 //!     presence: MemoryPresence::new(),
 //! };
-//! let node = Node::new(services, hub, NodeConfig::default());
+//! let engine = Engine::new(services, hub, EngineConfig::default());
 //!
 //! let (server_side, client_side) = tokio::io::duplex(64 * 1024);
 //! tokio::spawn(async move {
 //!     let ws = WebSocketStream::from_raw_socket(server_side, Role::Server, None).await;
-//!     messenger_socket::serve_connection(node, ws).await;
+//!     messenger_socket::serve_connection(engine, ws).await;
 //! });
 //! let mut ws = WebSocketStream::from_raw_socket(client_side, Role::Client, None).await;
 //! ws.send(Message::text(r#"{"type":"hello","v":1,"token":"alice:phone"}"#)).await?;
@@ -61,15 +62,15 @@ pub mod auth;
 #[cfg(feature = "client")]
 pub mod client;
 mod connection;
+pub mod engine;
 pub mod hub;
 mod io;
 mod last_seen;
 pub mod media;
 pub mod members;
-mod node;
 pub mod presence;
 mod server;
 
 pub use connection::serve_connection;
-pub use node::{Backends, EventSink, Node, NodeConfig, Services};
+pub use engine::{Backends, Engine, EngineConfig, EventSink, Services};
 pub use server::{Server, ServerConfig};

@@ -6,7 +6,7 @@
 //! - on every other node that holds a connected member, as soon as the membership entry
 //!   reaches it through the fanout (the hub drops the entry when it delivers it), which is
 //!   what keeps the sender's node current: a sender is a connected member;
-//! - everywhere else after the TTL ([`NodeConfig::members_cache_ttl`](crate::NodeConfig)).
+//! - everywhere else after the TTL ([`EngineConfig::members_cache_ttl`](crate::EngineConfig)).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

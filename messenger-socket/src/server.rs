@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::connection::serve_connection;
+use crate::engine::{Backends, Engine};
 use crate::io::{CODEC_READ_BUFFER, CoalescedReads};
-use crate::node::{Backends, Node};
 
 /// How the HTTP side behaves. Every field has a documented default.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ impl Default for ServerConfig {
 }
 
 struct AppState<B> {
-    node: Node<B>,
+    node: Engine<B>,
     permits: Arc<Semaphore>,
     websocket: WebSocketConfig,
     /// [`ServerConfig::read_buffer_size`].
@@ -77,7 +77,7 @@ impl<B> std::fmt::Debug for Server<B> {
 
 impl<B: Backends> Server<B> {
     /// A server for `node`.
-    pub fn new(node: Node<B>, config: ServerConfig) -> Self {
+    pub fn new(node: Engine<B>, config: ServerConfig) -> Self {
         let websocket = WebSocketConfig::default()
             .read_buffer_size(CODEC_READ_BUFFER)
             .max_message_size(Some(MAX_FRAME_BYTES))

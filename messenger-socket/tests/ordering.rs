@@ -13,7 +13,7 @@ use messenger_fanout::{Fanout, local::LocalFanout};
 use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 use messenger_socket::auth::DevAuthenticator;
 use messenger_socket::{
-    Node, NodeConfig, Server, ServerConfig, Services, hub::Hub, presence::MemoryPresence,
+    Engine, EngineConfig, Server, ServerConfig, Services, hub::Hub, presence::MemoryPresence,
 };
 use messenger_store::{EmbeddedStore, Store};
 use serde_json::json;
@@ -60,9 +60,9 @@ async fn a_seq_that_is_never_stored_becomes_void_and_order_holds() {
     let store = Store::new(EmbeddedStore::open(dir.path().join("messages.db")).unwrap());
     let sequencer = Sequencer::new(MemorySequencer::new(store.clone()));
     let hub = Hub::new();
-    let mut config = NodeConfig::default();
+    let mut config = EngineConfig::default();
     config.void_after = Duration::from_millis(300);
-    let node = Node::new(
+    let node = Engine::new(
         Services {
             store: store.clone(),
             sequencer: sequencer.clone(),

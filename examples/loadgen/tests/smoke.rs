@@ -17,7 +17,7 @@ use messenger_sequencer::memory::MemorySequencer;
 use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator};
 use messenger_socket::hub::Hub;
 use messenger_socket::presence::MemoryPresence;
-use messenger_socket::{Node, NodeConfig, Server, ServerConfig, Services};
+use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services};
 use messenger_store::{EmbeddedConfig, EmbeddedStore, Store};
 use serde_json::Value;
 
@@ -42,7 +42,7 @@ fn start_messenger(data: &Path) -> String {
                 auth: AnyAuthenticator::Dev(DevAuthenticator),
                 presence: MemoryPresence::new(),
             };
-            let node = Node::new(services, hub, NodeConfig::default());
+            let node = Engine::new(services, hub, EngineConfig::default());
             let server = Server::new(node, ServerConfig::default());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await

@@ -18,7 +18,7 @@ use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator, JwtAuthenticato
 use messenger_socket::hub::Hub;
 use messenger_socket::media::{self, MediaConfig};
 use messenger_socket::presence::MemoryPresence;
-use messenger_socket::{Node, NodeConfig, Server, ServerConfig, Services};
+use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services};
 use messenger_store::mysql::MysqlStore;
 use messenger_store::{Durability, EmbeddedConfig, EmbeddedStore, Store, StoreBackend};
 use tower::ServiceBuilder;
@@ -333,7 +333,7 @@ async fn serve<B: StoreBackend>(
         .timeout(Duration::from_millis(args.store_timeout_ms))
         .service(store);
 
-    let mut config = NodeConfig::default();
+    let mut config = EngineConfig::default();
     config.node_id = Arc::clone(&node_id);
     config.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
     config.outbound_queue = args.outbound_queue;
@@ -371,7 +371,7 @@ async fn serve<B: StoreBackend>(
         .as_ref()
         .map(|secret| secret.as_bytes().to_vec());
     let storage = media_storage(&args.media_store, &media_dir)?;
-    let node = Node::new(services, hub, config)
+    let node = Engine::new(services, hub, config)
         .with_event_sink(Arc::new(move |event| {
             if let Some(events) = &events {
                 events.publish(event.clone());

@@ -13,10 +13,10 @@ use messenger_core::protocol::ErrorCode;
 use messenger_core::{ConversationId, MediaStatus, Seq};
 use object_store::{GetOptions, GetRange};
 
-use super::object_path;
-use super::pending::entry_key;
 use super::upload::{authenticate, media_entry, reply};
-use crate::node::{Backends, Node};
+use crate::engine::media::entry_key;
+use crate::engine::media::object_path;
+use crate::engine::{Backends, Engine};
 
 /// What a `Range` header asks for, against an object of `size` bytes.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub(crate) fn wanted(range: Option<&str>, size: u64) -> Wanted {
 
 /// `GET /media/files/{conversation}/{seq}` (and `HEAD`, which axum answers from it).
 pub(crate) async fn handle<B: Backends>(
-    State(node): State<Node<B>>,
+    State(node): State<Engine<B>>,
     Path((conversation, seq)): Path<(String, u64)>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -88,12 +88,13 @@ pub(crate) async fn handle<B: Backends>(
         Err(response) => return response,
     };
     if let Err(refusal) = node.membership(&conversation, &identity.user).await {
-        let status = match refusal.code {
+        let (code, message) = refusal.client_message();
+        let status = match code {
             ErrorCode::NotMember => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        return reply(status, refusal.message);
+        return reply(status, message);
     }
     let media = match media_entry(&node, &conversation, seq).await {
         Ok(media) => media,

@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use messenger_core::sequencer::{FenceSeq, NextSeq};
-use messenger_core::store::{SetMediaStatus, VoidSeq};
+use messenger_core::store::SetMediaStatus;
 use messenger_core::{
     Body, ClientMsgId, ConversationId, DeviceId, DomainEvent, Error, ErrorKind, MediaStatus,
     MediaUpdate, Message, Seq, Timestamp, UserId, call,
 };
 
-use crate::node::{Backends, Node};
+use crate::engine::{Backends, Engine};
 
 /// What became of a status change.
 #[derive(Debug)]
@@ -34,9 +33,10 @@ fn status_key(media_seq: Seq) -> Result<ClientMsgId, Error> {
         .map_err(|err| Error::new(ErrorKind::Unexpected, err.to_string()))
 }
 
-impl<B: Backends> Node<B> {
+impl<B: Backends> Engine<B> {
     /// Moves the media entry at `media_seq` to `status` (ready with `url`, or failed with
-    /// `reason`), as the next entry of the conversation.
+    /// `reason`), as the next entry of the conversation, through the same sequenced append as
+    /// every entry.
     pub(crate) async fn commit_media_status(
         &self,
         conversation: &ConversationId,
@@ -52,98 +52,49 @@ impl<B: Backends> Node<B> {
             )
         })?;
         let recipients: Arc<[UserId]> = info.members.iter().map(|m| m.user.clone()).collect();
-        let body = Body::MediaStatus(Box::new(MediaUpdate {
-            media_seq,
-            status,
-            url: url.clone(),
-            reason: reason.clone(),
-        }));
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let seq = call(
-                self.services().sequencer(),
-                NextSeq {
-                    conversation: conversation.clone(),
-                },
-            )
+        let update = Arc::new(Message {
+            conversation: conversation.clone(),
+            seq: self.next_seq(conversation).await?,
+            sender: system_user()?,
+            sender_device: system_device()?,
+            client_msg_id: status_key(media_seq)?,
+            sent_at: Timestamp::now(),
+            body: Body::MediaStatus(Box::new(MediaUpdate {
+                media_seq,
+                status,
+                url: url.clone(),
+                reason: reason.clone(),
+            })),
+        });
+        let store = self.services().store().clone();
+        let (update, set) = self
+            .append_sequenced(update, &recipients, |update| {
+                let store = store.clone();
+                async move { call(&store, SetMediaStatus { update }).await }
+            })
             .await?;
-            let update = Arc::new(Message {
-                conversation: conversation.clone(),
-                seq,
-                sender: system_user()?,
-                sender_device: system_device()?,
-                client_msg_id: status_key(media_seq)?,
-                sent_at: Timestamp::now(),
-                body: body.clone(),
-            });
-            let result = call(
-                self.services().store(),
-                SetMediaStatus {
-                    update: Arc::clone(&update),
-                },
-            )
+        if !set.applied {
+            self.void_unused(conversation, update.seq, &recipients)
+                .await;
+            return Ok(Committed::Refused(set.media));
+        }
+        self.fan_out(Arc::clone(&recipients), Arc::clone(&update))
             .await;
-            match result {
-                Ok(set) if set.applied => {
-                    self.fan_out(Arc::clone(&recipients), Arc::clone(&update))
-                        .await;
-                    self.publish(DomainEvent::MessageStored {
-                        message: Arc::clone(&update),
-                    });
-                    match (status, url) {
-                        (MediaStatus::Ready, Some(url)) => self.publish(DomainEvent::MediaReady {
-                            message: Arc::clone(&set.media),
-                            url,
-                        }),
-                        _ => self.publish(DomainEvent::MediaFailed {
-                            conversation: conversation.clone(),
-                            seq: media_seq,
-                            reason: reason.clone().unwrap_or_default(),
-                        }),
-                    }
-                    return Ok(Committed::Applied);
-                }
-                Ok(set) => {
-                    self.void_unused(&update, &recipients).await;
-                    return Ok(Committed::Refused(set.media));
-                }
-                Err(err) if err.kind() == ErrorKind::Conflict && attempts < 4 => {
-                    call(
-                        self.services().sequencer(),
-                        FenceSeq {
-                            conversation: conversation.clone(),
-                            at_least: seq,
-                        },
-                    )
-                    .await?;
-                }
-                Err(err) => {
-                    if err.kind() != ErrorKind::Conflict {
-                        self.void_unused(&update, &recipients).await;
-                    }
-                    return Err(err);
-                }
-            }
+        self.publish(DomainEvent::MessageStored {
+            message: Arc::clone(&update),
+        });
+        match (status, url) {
+            (MediaStatus::Ready, Some(url)) => self.publish(DomainEvent::MediaReady {
+                message: Arc::clone(&set.media),
+                url,
+            }),
+            _ => self.publish(DomainEvent::MediaFailed {
+                conversation: conversation.clone(),
+                seq: media_seq,
+                reason: reason.unwrap_or_default(),
+            }),
         }
-    }
-
-    /// Fills a seq that was allocated for an update that was not stored, so readers do not
-    /// wait on the hole.
-    async fn void_unused(&self, update: &Message, recipients: &Arc<[UserId]>) {
-        let voided = call(
-            self.services().store(),
-            VoidSeq {
-                conversation: update.conversation.clone(),
-                seq: update.seq,
-            },
-        )
-        .await;
-        if let Ok(entry) = voided {
-            if entry.is_void() {
-                self.fan_out(Arc::clone(recipients), entry).await;
-            }
-        }
+        Ok(Committed::Applied)
     }
 }
 
@@ -159,9 +110,9 @@ mod tests {
 
     use super::*;
     use crate::auth::DevAuthenticator;
+    use crate::engine::{EngineConfig, Services};
     use crate::hub::Hub;
     use crate::presence::MemoryPresence;
-    use crate::{NodeConfig, Services};
 
     #[tokio::test]
     async fn a_status_moves_once_with_its_events() {
@@ -177,7 +128,7 @@ mod tests {
         };
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
-        let node = Node::new(services, hub, NodeConfig::default())
+        let node = Engine::new(services, hub, EngineConfig::default())
             .with_event_sink(Arc::new(move |event| sink.lock().unwrap().push(event)));
 
         let alice = UserId::new("alice").unwrap();

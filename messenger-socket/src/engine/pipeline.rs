@@ -1,0 +1,300 @@
+//! The one send pipeline: validate → member check → seq → conditional append (fence, retry,
+//! void) → ack → fanout. Messages, membership changes and media status changes all go through
+//! [`Engine::append_sequenced`]; media is one hook in it (a pending entry's journal record and
+//! its upload ticket), not a special case at every step.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use messenger_core::auth::Identity;
+use messenger_core::fanout::Deliver;
+use messenger_core::protocol::{ErrorCode, NewBody};
+use messenger_core::sequencer::{FenceSeq, NextSeq};
+use messenger_core::store::{AppendMessage, FindMessage, VoidSeq};
+use messenger_core::{
+    Body, ClientMsgId, ConversationId, DomainEvent, Error, ErrorKind, Event, Message, Seq,
+    Timestamp, UserId, call,
+};
+
+use super::{Backends, Engine, MessageSent, SendMessage};
+
+/// Conflicts (a seq found taken) tolerated before an append gives up.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// An entry that has its seq and waits to be stored.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) message: Arc<Message>,
+    pub(crate) recipients: Arc<[UserId]>,
+}
+
+/// What checking and sequencing a send produced.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    /// A new entry, sequenced, to store with [`Engine::commit_send`].
+    Pending(Pending),
+    /// A retried media send whose original is stored already (answered as a duplicate).
+    Duplicate(Stored),
+}
+
+/// A stored entry: the one just appended, or the original of a retried send.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) message: Arc<Message>,
+    pub(crate) duplicate: bool,
+    /// The entry still to fan out, and to whom ([`Engine::deliver_stored`]): the sender is
+    /// acked first, so a slow fanout (a broker round trip) never delays the ack.
+    fanout: Option<(Arc<[UserId]>, Arc<Message>)>,
+}
+
+impl<B: Backends> Engine<B> {
+    /// The whole pipeline for one send, as [`SendMessage`] answers it: returns once the entry
+    /// is durable and handed to the fanout.
+    pub(crate) async fn send(&self, request: SendMessage) -> Result<MessageSent, Error> {
+        let SendMessage {
+            actor,
+            conversation,
+            client_msg_id,
+            body,
+        } = request;
+        let body = self.validate_body(body)?;
+        let mut stored = match self
+            .prepare_send(&actor, conversation, client_msg_id, body)
+            .await?
+        {
+            Prepared::Pending(pending) => self.commit_send(pending).await?,
+            Prepared::Duplicate(stored) => stored,
+        };
+        let upload = self.upload_ticket(&stored.message).await;
+        self.deliver_stored(&mut stored).await;
+        Ok(MessageSent {
+            message: stored.message,
+            duplicate: stored.duplicate,
+            upload,
+        })
+    }
+
+    /// Checks a body a device sent against the limits and turns it into a stored body.
+    pub(crate) fn validate_body(&self, body: NewBody) -> Result<Body, Error> {
+        let limits = &self.config().limits;
+        match body {
+            NewBody::Text { text } => {
+                if text.len() > limits.max_text_bytes {
+                    Err(Error::refused(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "text is {} bytes; the limit is {}",
+                            text.len(),
+                            limits.max_text_bytes
+                        ),
+                    ))
+                } else if text.trim().is_empty() {
+                    Err(Error::refused(
+                        ErrorCode::InvalidRequest,
+                        "text must not be empty",
+                    ))
+                } else {
+                    Ok(Body::Text { text })
+                }
+            }
+            NewBody::Media(media) => self.accept_media(media),
+            _ => Err(Error::refused(
+                ErrorCode::InvalidRequest,
+                "unsupported body",
+            )),
+        }
+    }
+
+    /// Checks membership and allocates the send's seq. Called in the order the device sent,
+    /// so a device's messages get increasing seqs.
+    pub(crate) async fn prepare_send(
+        &self,
+        actor: &Identity,
+        conversation: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: Body,
+    ) -> Result<Prepared, Error> {
+        let (info, _) = self.membership(&conversation, &actor.user).await?;
+        // Idempotency is the append's: it finds an earlier entry with this key atomically and
+        // answers it (voiding the new seq). Looking first costs a store read per send and only
+        // spares that void on a retry, so only media sends look first: their pending upload
+        // must not be recorded for a seq that ends up void.
+        if matches!(body, Body::Media(_)) {
+            let earlier = call(
+                self.services().store(),
+                FindMessage {
+                    conversation: conversation.clone(),
+                    sender: actor.user.clone(),
+                    client_msg_id: client_msg_id.clone(),
+                },
+            )
+            .await?;
+            if let Some(message) = earlier {
+                return Ok(Prepared::Duplicate(Stored {
+                    message,
+                    duplicate: true,
+                    fanout: None,
+                }));
+            }
+        }
+        let seq = self.next_seq(&conversation).await?;
+        let recipients: Arc<[UserId]> = info.members.iter().map(|m| m.user.clone()).collect();
+        Ok(Prepared::Pending(Pending {
+            message: Arc::new(Message {
+                conversation,
+                seq,
+                sender: actor.user.clone(),
+                sender_device: actor.device.clone(),
+                client_msg_id,
+                sent_at: Timestamp::now(),
+                body,
+            }),
+            recipients,
+        }))
+    }
+
+    /// Stores a prepared entry (the media hook first records a pending upload's deadline).
+    /// The caller acks, then fans the entry out with [`Engine::deliver_stored`].
+    pub(crate) async fn commit_send(&self, pending: Pending) -> Result<Stored, Error> {
+        self.record_pending_media(&pending.message).await;
+        self.store_pending(pending).await
+    }
+
+    /// Appends a prepared entry with [`AppendMessage`], through [`Engine::append_sequenced`].
+    pub(crate) async fn store_pending(&self, pending: Pending) -> Result<Stored, Error> {
+        let Pending {
+            message,
+            recipients,
+        } = pending;
+        let store = self.services().store().clone();
+        let (attempted, appended) = self
+            .append_sequenced(message, &recipients, |message| {
+                let store = store.clone();
+                async move { call(&store, AppendMessage { message }).await }
+            })
+            .await?;
+        let entry = if appended.duplicate {
+            // The store voided our seq in the same write: tell the readers.
+            Arc::new(Message::void(
+                attempted.conversation.clone(),
+                attempted.seq,
+                attempted.sent_at,
+            ))
+        } else {
+            if appended.message.body.is_membership_change() {
+                self.invalidate(&appended.message.conversation);
+            }
+            self.publish(DomainEvent::MessageStored {
+                message: Arc::clone(&appended.message),
+            });
+            Arc::clone(&appended.message)
+        };
+        Ok(Stored {
+            message: appended.message,
+            duplicate: appended.duplicate,
+            fanout: Some((recipients, entry)),
+        })
+    }
+
+    /// The conditional append every log entry goes through: `write` stores `message` at its
+    /// seq; when the seq is taken (`Conflict`: a reader voided it, or the sequencer lost its
+    /// state) the sequencer is fenced past it and the entry tried again with a fresh seq; when
+    /// the write fails otherwise, the seq is stored as void (and the void fanned out to
+    /// `recipients`) so nobody waits on the hole. Answers the entry as last attempted (its
+    /// final seq) and what `write` answered.
+    pub(crate) async fn append_sequenced<T, W, F>(
+        &self,
+        mut message: Arc<Message>,
+        recipients: &Arc<[UserId]>,
+        write: W,
+    ) -> Result<(Arc<Message>, T), Error>
+    where
+        W: Fn(Arc<Message>) -> F,
+        F: Future<Output = Result<T, Error>>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match write(Arc::clone(&message)).await {
+                Ok(written) => return Ok((message, written)),
+                Err(err) if err.kind() == ErrorKind::Conflict && attempts < MAX_ATTEMPTS => {
+                    let conversation = message.conversation.clone();
+                    call(
+                        self.services().sequencer(),
+                        FenceSeq {
+                            conversation: conversation.clone(),
+                            at_least: message.seq,
+                        },
+                    )
+                    .await?;
+                    let mut retry = (*message).clone();
+                    retry.seq = self.next_seq(&conversation).await?;
+                    message = Arc::new(retry);
+                }
+                Err(err) => {
+                    if err.kind() != ErrorKind::Conflict {
+                        self.void_unused(&message.conversation, message.seq, recipients)
+                            .await;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn next_seq(&self, conversation: &ConversationId) -> Result<Seq, Error> {
+        call(
+            self.services().sequencer(),
+            NextSeq {
+                conversation: conversation.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Fills a seq that was allocated for an entry that was not stored, so readers do not
+    /// wait on the hole; the void is fanned out (an entry found there instead is its own
+    /// writer's to fan out).
+    pub(crate) async fn void_unused(
+        &self,
+        conversation: &ConversationId,
+        seq: Seq,
+        recipients: &Arc<[UserId]>,
+    ) {
+        let voided = call(
+            self.services().store(),
+            VoidSeq {
+                conversation: conversation.clone(),
+                seq,
+            },
+        )
+        .await;
+        if let Ok(entry) = voided {
+            if entry.is_void() {
+                self.fan_out(Arc::clone(recipients), entry).await;
+            }
+        }
+    }
+
+    /// Fans out what [`Engine::store_pending`] stored (once: the entry is taken).
+    pub(crate) async fn deliver_stored(&self, stored: &mut Stored) {
+        if let Some((recipients, entry)) = stored.fanout.take() {
+            self.fan_out(recipients, entry).await;
+        }
+    }
+
+    /// Delivers a log entry to every online device of `recipients`.
+    pub(crate) async fn fan_out(&self, recipients: Arc<[UserId]>, message: Arc<Message>) {
+        self.deliver(recipients, Event::Message { message }).await;
+    }
+
+    pub(crate) async fn deliver(&self, recipients: Arc<[UserId]>, event: Event) {
+        if recipients.is_empty() {
+            return;
+        }
+        if let Err(err) = call(self.services().fanout(), Deliver { recipients, event }).await {
+            // Nothing is lost: devices that miss a live entry fetch it from the store.
+            tracing::warn!(error = %err, "fanout failed");
+        }
+    }
+}
