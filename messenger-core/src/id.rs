@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{Error, ErrorKind};
+use crate::Error;
 
 /// Why a string was refused as an identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -233,8 +233,8 @@ impl ConversationId {
     /// ```
     pub fn direct(a: &UserId, b: &UserId) -> Result<Self, Error> {
         if a == b {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
+            return Err(Error::refused(
+                crate::error::ErrorCode::InvalidRequest,
                 "a direct conversation needs two different users",
             ));
         }

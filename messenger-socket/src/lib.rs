@@ -13,7 +13,10 @@
 //!   through it.
 //! - [`auth`]: dev tokens and signed tokens (JWT). [`presence`]: the memory registry.
 //! - [`media`]: media messages: upload tickets, the upload and download endpoints, expiry.
-//! - `client` (feature `client`): the Rust client with outbox, resume and gap filling.
+//! - `client` (feature `client`): the Rust client with outbox, resume and gap filling. A
+//!   client-only build (`default-features = false, features = ["client"]`) compiles none of
+//!   the server stack (feature `server`, on by default: axum, hyper, jsonwebtoken,
+//!   object_store).
 //!
 //! An engine on the embedded backends, serving one connection over an in-memory pipe (a real
 //! server uses [`Server`] on TCP instead):
@@ -58,19 +61,32 @@
 //! # }
 //! ```
 
+#[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "server")]
 mod connection;
+#[cfg(feature = "server")]
 pub mod engine;
+#[cfg(feature = "server")]
 pub mod hub;
+#[cfg(feature = "server")]
 mod io;
+#[cfg(feature = "server")]
 mod last_seen;
+#[cfg(feature = "server")]
 pub mod media;
+#[cfg(feature = "server")]
 pub mod members;
+#[cfg(feature = "server")]
 pub mod presence;
+#[cfg(feature = "server")]
 mod server;
 
+#[cfg(feature = "server")]
 pub use connection::serve_connection;
+#[cfg(feature = "server")]
 pub use engine::{Backends, Engine, EngineConfig, EventSink, Services};
+#[cfg(feature = "server")]
 pub use server::{Server, ServerConfig};
