@@ -5,13 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use messenger_core::auth::{Authenticate, Identity};
 use messenger_core::presence::{RegisterDevice, UnregisterDevice};
@@ -31,6 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 
+use crate::engine::layer::CLOCK;
 use crate::engine::{
     AddMembers, Backends, CreateGroup, Engine, GetMembers, GetPresence, LeaveGroup,
     ListConversations, MarkReceipt, OpenDirect, Prepared, ReadHistory, ReadReceipts, RemoveMember,
@@ -436,11 +436,6 @@ struct Connection<B> {
     last_inbound: Instant,
     write_timeout: Duration,
 }
-
-/// One clock for every rate limiter. Creating a clock calibrates it (CPUID instructions, which
-/// trap to the hypervisor on a VM): with two new clocks per connection that was 19% of the
-/// server's CPU in a handshake storm. A clone shares the calibration.
-static CLOCK: LazyLock<DefaultClock> = LazyLock::new(DefaultClock::default);
 
 fn limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
     let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);

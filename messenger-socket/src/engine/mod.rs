@@ -58,6 +58,7 @@
 //! clients see only its code and generic words ([`Error::client_message`]). See `docs/architecture.md` for the one send pipeline and which tower layers
 //! fit these services.
 
+pub mod layer;
 pub(crate) mod media;
 mod membership;
 mod pipeline;

@@ -1,0 +1,283 @@
+//! The engine called from code, wrapped in stock tower layers and ours, with real WebSocket
+//! devices connected: what a service call does reaches the devices exactly as a WebSocket
+//! client's frames do (sequenced, fanned out, receipts), and refusals carry the protocol codes.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use messenger_core::auth::Identity;
+use messenger_core::protocol::{ErrorCode, NewBody, ServerFrame};
+use messenger_core::{Body, ClientMsgId, DeviceId, ErrorKind, ReceiptKind, Seq, UserId, call};
+use messenger_fanout::{Fanout, local::LocalFanout};
+use messenger_sequencer::{Sequencer, memory::MemorySequencer};
+use messenger_socket::auth::DevAuthenticator;
+use messenger_socket::engine::layer::PerUserRateLimitLayer;
+use messenger_socket::engine::{
+    AddMembers, CreateGroup, GetPresence, MarkReceipt, ReadHistory, SendMessage, SetTyping,
+};
+use messenger_socket::{
+    Engine, EngineConfig, Server, ServerConfig, Services, hub::Hub, presence::MemoryPresence,
+};
+use messenger_store::{EmbeddedStore, Store};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tower::ServiceBuilder;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn frame(ws: &mut Ws) -> ServerFrame {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).expect("a server frame");
+        }
+    }
+}
+
+async fn device(url: &str, token: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let hello = json!({"type": "hello", "v": 1, "token": token});
+    ws.send(Message::text(hello.to_string())).await.unwrap();
+    assert!(matches!(frame(&mut ws).await, ServerFrame::Welcome { .. }));
+    ws.send(Message::text(json!({"type": "sync"}).to_string()))
+        .await
+        .unwrap();
+    loop {
+        if let ServerFrame::Synced { .. } = frame(&mut ws).await {
+            return ws;
+        }
+    }
+}
+
+fn actor(user: &str) -> Identity {
+    Identity::new(UserId::new(user).unwrap(), DeviceId::new("job").unwrap())
+}
+
+fn text(text: &str) -> NewBody {
+    NewBody::Text { text: text.into() }
+}
+
+#[tokio::test]
+async fn service_calls_reach_connected_devices_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(EmbeddedStore::open(dir.path().join("messages.db")).unwrap());
+    let hub = Hub::new();
+    let engine = Engine::new(
+        Services {
+            sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
+            fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+            store,
+            auth: DevAuthenticator,
+            presence: MemoryPresence::new(),
+        },
+        hub,
+        EngineConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    tokio::spawn(
+        Server::new(engine.clone(), ServerConfig::default()).run(listener, std::future::pending()),
+    );
+
+    // Stock layers and ours around the engine: the stack is still a Clone service.
+    let service = ServiceBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .load_shed()
+        .concurrency_limit(64)
+        .layer(PerUserRateLimitLayer::new(
+            NonZeroU32::new(1000).unwrap(),
+            NonZeroU32::new(1000).unwrap(),
+        ))
+        .service(engine.clone());
+
+    let mut bob = device(&url, "bob:phone").await;
+    let group = call(
+        &service,
+        CreateGroup {
+            actor: actor("alice"),
+            title: "ops".into(),
+            members: vec![UserId::new("bob").unwrap()],
+        },
+    )
+    .await
+    .unwrap();
+    let id = group.conversation.id.clone();
+    assert_eq!(group.head, Seq(1), "group_created is seq 1");
+
+    for n in 0..5 {
+        let sent = call(
+            &service,
+            SendMessage {
+                actor: actor("alice"),
+                conversation: id.clone(),
+                client_msg_id: ClientMsgId::new(format!("job-{n}")).unwrap(),
+                body: text(&format!("notice {n}")),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(sent.message.seq, Seq(n + 2));
+        assert!(!sent.duplicate);
+    }
+    // Bob's device gets the group's log live: seq 1..=6, each once, in order.
+    let mut seqs = Vec::new();
+    while seqs.len() < 6 {
+        if let ServerFrame::Message { message } = frame(&mut bob).await {
+            assert_eq!(message.conversation, id);
+            seqs.push(message.seq.0);
+            if message.seq.0 > 1 {
+                assert!(matches!(&message.body, Body::Text { text } if text.starts_with("notice")));
+            }
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+
+    // A receipt and typing from code reach the device as events.
+    call(
+        &service,
+        MarkReceipt {
+            actor: actor("alice"),
+            conversation: id.clone(),
+            kind: ReceiptKind::Read,
+            seq: Seq(6),
+        },
+    )
+    .await
+    .unwrap();
+    loop {
+        if let ServerFrame::Receipt { receipts, .. } = frame(&mut bob).await {
+            assert_eq!(receipts.user.as_str(), "alice");
+            assert_eq!(receipts.read, Seq(6));
+            break;
+        }
+    }
+    call(
+        &service,
+        SetTyping {
+            actor: actor("alice"),
+            conversation: id.clone(),
+            active: true,
+        },
+    )
+    .await
+    .unwrap();
+    loop {
+        if let ServerFrame::Typing { user, active, .. } = frame(&mut bob).await {
+            assert_eq!(user.as_str(), "alice");
+            assert!(active);
+            break;
+        }
+    }
+
+    // Refusals keep their protocol codes through the layers.
+    let refused = call(
+        &service,
+        SendMessage {
+            actor: actor("mallory"),
+            conversation: id.clone(),
+            client_msg_id: ClientMsgId::new("m-1").unwrap(),
+            body: text("let me in"),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.refusal_code(), Some(ErrorCode::NotMember));
+    let refused = call(
+        &service,
+        AddMembers {
+            actor: actor("bob"),
+            conversation: id.clone(),
+            users: vec![UserId::new("carol").unwrap()],
+            role: messenger_core::Role::Member,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Forbidden);
+    assert_eq!(refused.client_message().0, ErrorCode::Forbidden);
+
+    // Reads go through the same checks.
+    let page = call(
+        &engine,
+        ReadHistory {
+            actor: actor("bob"),
+            conversation: id.clone(),
+            after: Some(Seq::ZERO),
+            before: None,
+            limit: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.messages.len(), 6);
+    let online = call(
+        &engine,
+        GetPresence {
+            users: vec![UserId::new("bob").unwrap(), UserId::new("alice").unwrap()],
+        },
+    )
+    .await
+    .unwrap();
+    assert!(online[0].online, "bob's device is connected");
+    assert!(!online[1].online, "alice never connected a device");
+}
+
+#[tokio::test]
+async fn a_user_over_their_rate_is_refused_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(EmbeddedStore::open(dir.path().join("messages.db")).unwrap());
+    let hub = Hub::new();
+    let engine = Engine::new(
+        Services {
+            sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
+            fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+            store,
+            auth: DevAuthenticator,
+            presence: MemoryPresence::new(),
+        },
+        hub,
+        EngineConfig::default(),
+    );
+    let service = ServiceBuilder::new()
+        .layer(PerUserRateLimitLayer::new(
+            NonZeroU32::MIN,
+            NonZeroU32::new(3).unwrap(),
+        ))
+        .service(engine);
+    let group = call(
+        &service,
+        CreateGroup {
+            actor: actor("alice"),
+            title: "t".into(),
+            members: vec![UserId::new("bob").unwrap()],
+        },
+    )
+    .await
+    .unwrap();
+    let id = group.conversation.id;
+    let send = |user: &str, key: &str| SendMessage {
+        actor: actor(user),
+        conversation: id.clone(),
+        client_msg_id: ClientMsgId::new(key).unwrap(),
+        body: text("hi"),
+    };
+    call(&service, send("alice", "a-1")).await.unwrap();
+    call(&service, send("alice", "a-2")).await.unwrap();
+    let refused = call(&service, send("alice", "a-3")).await.unwrap_err();
+    assert_eq!(refused.refusal_code(), Some(ErrorCode::RateLimited));
+    assert!(refused.is_temporary());
+    // Nothing was stored for the refused send; bob still has his whole budget.
+    let sent = call(&service, send("bob", "b-1")).await.unwrap();
+    assert_eq!(
+        sent.message.seq,
+        Seq(4),
+        "group_created, a-1, a-2, then b-1"
+    );
+}
