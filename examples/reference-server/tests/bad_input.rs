@@ -316,6 +316,72 @@ async fn signed_tokens_are_checked_and_expiry_closes_the_connection() {
     assert_eq!(close_code(&mut ws).await, Some(close::TOKEN_EXPIRED));
 }
 
+/// With `--jwt-issuer` and `--jwt-audience`, a token must carry both claims (docs/protocol.md
+/// §4.1): one without `iss` or without `aud` is refused with 4001, as a wrong one is.
+#[tokio::test]
+async fn a_configured_issuer_and_audience_are_required_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            "s3cret",
+            "--jwt-issuer",
+            "chat",
+            "--jwt-audience",
+            "app",
+        ],
+    );
+    let exp = Timestamp::now().as_millis() / 1000 + 60;
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap()
+    };
+    for (case, claims) in [
+        (
+            "no iss",
+            json!({"sub": "alice", "device": "phone", "exp": exp, "aud": "app"}),
+        ),
+        (
+            "no aud",
+            json!({"sub": "alice", "device": "phone", "exp": exp, "iss": "chat"}),
+        ),
+        (
+            "wrong iss",
+            json!({"sub": "alice", "device": "phone", "exp": exp, "iss": "x", "aud": "app"}),
+        ),
+    ] {
+        let mut ws = raw(&server).await;
+        send_json(
+            &mut ws,
+            json!({"type": "hello", "v": 1, "token": sign(claims)}),
+        )
+        .await;
+        assert_eq!(
+            close_code(&mut ws).await,
+            Some(close::UNAUTHORIZED),
+            "{case}"
+        );
+    }
+    let mut ws = raw(&server).await;
+    let good = json!({"sub": "alice", "device": "phone", "exp": exp, "iss": "chat", "aud": "app"});
+    send_json(
+        &mut ws,
+        json!({"type": "hello", "v": 1, "token": sign(good)}),
+    )
+    .await;
+    assert!(matches!(
+        next_frame(&mut ws).await,
+        ServerFrame::Welcome { .. }
+    ));
+}
+
 /// A device that never reads: its queue overflows and the node closes it; everyone else is
 /// served and every message is stored.
 #[tokio::test]
