@@ -85,6 +85,65 @@ async fn too_many_bad_frames_in_a_row_close_the_connection() {
     assert_eq!(close_code(&mut ws).await, Some(close::TOO_MANY_ERRORS));
 }
 
+/// A client that keeps writing after the frame that gets it closed still receives the close
+/// frame with its code: the server reads (and discards) what the client sent after it, instead
+/// of closing the socket on unread bytes (which resets the connection, and the client sees
+/// 1006 without a close frame). Ten rounds each of 4009, 1003 and 1009.
+#[tokio::test]
+async fn a_client_that_keeps_writing_still_gets_its_close_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let cases: [(&str, u16); 3] = [
+        ("bad frames", close::TOO_MANY_ERRORS),
+        ("binary frame", close::UNSUPPORTED_DATA),
+        ("oversize frame", close::TOO_BIG),
+    ];
+    for (case, expected) in cases {
+        for round in 0..10 {
+            let ws = raw_authed(&server, "alice:phone").await;
+            let (mut outgoing, mut incoming) = futures_util::StreamExt::split(ws);
+            let writer = tokio::spawn(async move {
+                let garbage = || tungstenite::Message::text("garbage".to_owned());
+                // Bad frames first (fewer than 32), so error frames the client has not read
+                // yet stand in front of the close frame, then the frame that closes.
+                let trigger = match expected {
+                    close::UNSUPPORTED_DATA => tungstenite::Message::binary(vec![0; 16]),
+                    close::TOO_BIG => tungstenite::Message::text("x".repeat(70 * 1024)),
+                    _ => garbage(),
+                };
+                for frame in std::iter::repeat_with(garbage).take(20).chain([trigger]) {
+                    if outgoing.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                // Keep writing until the connection refuses: the server closes meanwhile.
+                while outgoing
+                    .send(tungstenite::Message::text("garbage".to_owned()))
+                    .await
+                    .is_ok()
+                {}
+            });
+            let code = loop {
+                match tokio::time::timeout(
+                    common::WAIT,
+                    futures_util::StreamExt::next(&mut incoming),
+                )
+                .await
+                .expect("close in time")
+                {
+                    Some(Ok(tungstenite::Message::Close(frame))) => {
+                        break frame.map(|frame| u16::from(frame.code));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => break None,
+                }
+            };
+            writer.abort();
+            assert_eq!(code, Some(expected), "{case}, round {round}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn sends_that_break_the_rules_are_refused_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
