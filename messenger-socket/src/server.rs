@@ -126,6 +126,10 @@ impl<B: Backends> Server<B> {
     /// every connection is told to reconnect elsewhere (`reconnect` frame, close 1012), and
     /// the call returns once they are closed or the drain timeout passed.
     ///
+    /// The listener stays open during the drain, so that a load balancer sees `/readyz`
+    /// answer 503 (not a refused connection) and a client's new WebSocket upgrade gets a clear
+    /// HTTP 503; it closes when the drain ends.
+    ///
     /// # Errors
     /// An I/O error of the listener.
     pub async fn run(
@@ -133,13 +137,7 @@ impl<B: Backends> Server<B> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let node = self.state.node.clone();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            shutdown.await;
-            node.begin_shutdown();
-            let _ = stop_tx.send(());
-        };
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let app = self.router();
         #[cfg(test)]
         let accepted = self.accepted.clone();
@@ -150,14 +148,19 @@ impl<B: Backends> Server<B> {
                 let _ = accepted.send(stream.nodelay());
             }
         });
-        let served = tokio::spawn(async move {
+        let mut served = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
-                    let _ = stop_rx.await;
+                    let _ = drained_rx.await;
                 })
                 .await
         });
-        signal.await;
+        tokio::select! {
+            () = shutdown => {}
+            // The listener failed before any shutdown.
+            result = &mut served => return result.map_err(std::io::Error::other)?,
+        }
+        self.state.node.begin_shutdown();
         let started = Instant::now();
         while self.open_connections() > 0 && started.elapsed() < self.config.drain_timeout {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -166,10 +169,15 @@ impl<B: Backends> Server<B> {
             remaining = self.open_connections(),
             "drained websocket connections"
         );
-        match tokio::time::timeout(Duration::from_secs(2), served).await {
+        // Now stop accepting, and give open HTTP requests a moment to finish.
+        let _ = drained_tx.send(());
+        match tokio::time::timeout(Duration::from_secs(2), &mut served).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(std::io::Error::other(join)),
-            Err(_) => Ok(()),
+            Err(_) => {
+                served.abort();
+                Ok(())
+            }
         }
     }
 }

@@ -556,6 +556,60 @@ async fn shutdown_tells_clients_to_reconnect() {
     assert!(status.success(), "{status:?}");
 }
 
+/// During the drain the node keeps its listener: `/readyz` answers 503 and `/healthz` 200, a
+/// new WebSocket upgrade is refused with HTTP 503, and the process exits once the last client
+/// has left (docs/operations.md).
+#[tokio::test]
+async fn draining_answers_503_until_the_last_client_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(
+        dir.path(),
+        &["--drain-timeout-ms", "60000", "--hello-timeout-ms", "60000"],
+    );
+    // The drain waits for this connection: it has not said hello yet, so it is told to
+    // reconnect only once it does.
+    let mut last = raw(&server).await;
+    server.signal_terminate();
+
+    // Ready until the signal is handled, then 503 while draining.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        match http_status(&server, "/readyz").await {
+            503 => break,
+            200 if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => panic!("/readyz answered {other} while draining"),
+        }
+    }
+    assert_eq!(http_status(&server, "/healthz").await, 200);
+    match tokio_tungstenite::connect_async(server.url()).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected HTTP 503 for an upgrade while draining, got {other:?}"),
+    }
+    // Still draining: the last client is there.
+    assert_eq!(http_status(&server, "/readyz").await, 503);
+
+    // The last client says hello, is told to reconnect, and leaves.
+    send_json(
+        &mut last,
+        json!({"type": "hello", "v": 1, "token": "alice:phone"}),
+    )
+    .await;
+    assert!(matches!(
+        next_frame(&mut last).await,
+        ServerFrame::Welcome { .. }
+    ));
+    let frame = next_frame(&mut last).await;
+    assert!(matches!(frame, ServerFrame::Reconnect { .. }), "{frame:?}");
+    assert_eq!(close_code(&mut last).await, Some(close::SERVICE_RESTART));
+    drop(last);
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 async fn http_status(server: &Server, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(server.address)
