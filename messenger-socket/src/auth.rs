@@ -85,17 +85,25 @@ impl JwtAuthenticator {
         }
     }
 
-    /// Also requires the `iss` claim to be `issuer`.
+    /// Also requires the `iss` claim, and requires it to be `issuer`: a token without `iss`
+    /// is refused.
     #[must_use]
     pub fn with_issuer(mut self, issuer: &str) -> Self {
-        Arc::make_mut(&mut self.validation).set_issuer(&[issuer]);
+        let validation = Arc::make_mut(&mut self.validation);
+        validation.set_issuer(&[issuer]);
+        // jsonwebtoken checks `iss` only when the token has one: make it required.
+        require_claim(validation, "iss");
         self
     }
 
-    /// Also requires the `aud` claim to contain `audience`.
+    /// Also requires the `aud` claim, and requires it to contain `audience`: a token without
+    /// `aud` is refused.
     #[must_use]
     pub fn with_audience(mut self, audience: &str) -> Self {
-        Arc::make_mut(&mut self.validation).set_audience(&[audience]);
+        let validation = Arc::make_mut(&mut self.validation);
+        validation.set_audience(&[audience]);
+        // jsonwebtoken checks `aud` only when the token has one: make it required.
+        require_claim(validation, "aud");
         self
     }
 
@@ -113,6 +121,15 @@ impl JwtAuthenticator {
             expires_at: Some(Timestamp(claims.exp.saturating_mul(1000))),
         })
     }
+}
+
+/// Adds `claim` to the claims a token must carry, keeping the ones required already.
+fn require_claim(validation: &mut Validation, claim: &str) {
+    let mut required: Vec<String> = validation.required_spec_claims.iter().cloned().collect();
+    if !required.iter().any(|name| name == claim) {
+        required.push(claim.to_owned());
+    }
+    validation.set_required_spec_claims(&required);
 }
 
 impl tower::Service<Authenticate> for JwtAuthenticator {
@@ -171,6 +188,15 @@ mod tests {
         .unwrap()
     }
 
+    fn signed(secret: &[u8], claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
     fn now_secs() -> u64 {
         Timestamp::now().as_millis() / 1000
     }
@@ -219,5 +245,58 @@ mod tests {
             auth(jwt, "garbage").await.unwrap_err().kind(),
             ErrorKind::Unauthorized
         );
+    }
+
+    /// A configured issuer or audience is required: a token without the claim is refused
+    /// like a token with a wrong one.
+    #[tokio::test]
+    async fn configured_issuer_and_audience_are_required() {
+        let jwt = JwtAuthenticator::hs256(b"secret")
+            .with_issuer("chat")
+            .with_audience("app");
+        let exp = now_secs() + 60;
+        let both = serde_json::json!({"sub": "alice", "device": "phone", "exp": exp,
+                                      "iss": "chat", "aud": "app"});
+        let identity = auth(jwt.clone(), &signed(b"secret", &both)).await.unwrap();
+        assert_eq!(identity.user.as_str(), "alice");
+
+        for (case, claims) in [
+            (
+                "no iss",
+                serde_json::json!({"sub": "alice", "device": "phone", "exp": exp, "aud": "app"}),
+            ),
+            (
+                "no aud",
+                serde_json::json!({"sub": "alice", "device": "phone", "exp": exp, "iss": "chat"}),
+            ),
+            (
+                "neither",
+                serde_json::json!({"sub": "alice", "device": "phone", "exp": exp}),
+            ),
+            (
+                "wrong iss",
+                serde_json::json!({"sub": "alice", "device": "phone", "exp": exp,
+                                   "iss": "other", "aud": "app"}),
+            ),
+            (
+                "wrong aud",
+                serde_json::json!({"sub": "alice", "device": "phone", "exp": exp,
+                                   "iss": "chat", "aud": "other"}),
+            ),
+        ] {
+            let err = auth(jwt.clone(), &signed(b"secret", &claims))
+                .await
+                .expect_err(case);
+            assert_eq!(err.kind(), ErrorKind::Unauthorized, "{case}");
+        }
+
+        // Without a configured issuer or audience, neither claim is needed.
+        let plain = serde_json::json!({"sub": "alice", "device": "phone", "exp": exp});
+        auth(
+            JwtAuthenticator::hs256(b"secret"),
+            &signed(b"secret", &plain),
+        )
+        .await
+        .unwrap();
     }
 }

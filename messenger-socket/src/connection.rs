@@ -196,6 +196,18 @@ fn transport_close(err: &tungstenite::Error) -> Option<(u16, String)> {
     }
 }
 
+/// After its close frame, how long the server keeps reading what the peer still sends.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// After its close frame, how many bytes the server reads (and discards) at most.
+const CLOSE_LINGER_BYTES: usize = 1024 * 1024;
+
+/// Sends a close frame, then lingers: half-closes the socket and reads (discarding) until the
+/// peer closes its side, [`CLOSE_LINGER`] passes or [`CLOSE_LINGER_BYTES`] were read.
+///
+/// Closing a socket that still holds unread bytes makes the kernel reset the connection, and
+/// a peer that was still writing (a flood of bad frames, the rest of an oversize frame) then
+/// loses the close frame with its code and sees 1006 instead. Reading below the WebSocket
+/// codec also works after an oversize frame, whose payload the codec never read.
 async fn close_with<S>(
     ws: &mut WebSocketStream<S>,
     code: u16,
@@ -204,11 +216,35 @@ async fn close_with<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: Utf8Bytes::from(truncate(reason)),
     };
-    let _ = timeout(config.write_timeout, ws.close(Some(frame))).await;
+    match timeout(config.write_timeout, ws.close(Some(frame))).await {
+        Ok(Ok(())) => {}
+        // Not written (the peer does not read, or is gone): nothing to linger for.
+        Ok(Err(_)) | Err(_) => return,
+    }
+    let deadline = tokio::time::Instant::now() + CLOSE_LINGER;
+    let socket = ws.get_mut();
+    // Our FIN right after the close frame: a peer that answers the close frame then reads
+    // the end of the stream and closes its side, which ends the loop below at once.
+    if !matches!(
+        tokio::time::timeout_at(deadline, socket.shutdown()).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let mut scratch = vec![0u8; 8 * 1024];
+    let mut budget = CLOSE_LINGER_BYTES;
+    while budget > 0 {
+        match tokio::time::timeout_at(deadline, socket.read(&mut scratch)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return,
+            Ok(Ok(read)) => budget = budget.saturating_sub(read),
+        }
+    }
 }
 
 /// A send waiting for its seq, in the order the device sent it.

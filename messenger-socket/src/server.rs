@@ -11,9 +11,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use hyper_util::rt::TokioIo;
 use messenger_core::protocol::MAX_FRAME_BYTES;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -65,6 +66,9 @@ pub struct Server<B> {
     state: Arc<AppState<B>>,
     config: ServerConfig,
     routes: Router,
+    /// Tests: told `TCP_NODELAY` of every accepted socket, read back from the socket.
+    #[cfg(test)]
+    accepted: Option<tokio::sync::mpsc::UnboundedSender<std::io::Result<bool>>>,
 }
 
 impl<B> std::fmt::Debug for Server<B> {
@@ -91,6 +95,8 @@ impl<B: Backends> Server<B> {
             }),
             config,
             routes: Router::new(),
+            #[cfg(test)]
+            accepted: None,
         }
     }
 
@@ -120,6 +126,10 @@ impl<B: Backends> Server<B> {
     /// every connection is told to reconnect elsewhere (`reconnect` frame, close 1012), and
     /// the call returns once they are closed or the drain timeout passed.
     ///
+    /// The listener stays open during the drain, so that a load balancer sees `/readyz`
+    /// answer 503 (not a refused connection) and a client's new WebSocket upgrade gets a clear
+    /// HTTP 503; it closes when the drain ends.
+    ///
     /// # Errors
     /// An I/O error of the listener.
     pub async fn run(
@@ -127,22 +137,30 @@ impl<B: Backends> Server<B> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let node = self.state.node.clone();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            shutdown.await;
-            node.begin_shutdown();
-            let _ = stop_tx.send(());
-        };
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let app = self.router();
-        let served = tokio::spawn(async move {
+        #[cfg(test)]
+        let accepted = self.accepted.clone();
+        let listener = listener.tap_io(move |stream: &mut TcpStream| {
+            no_delay(stream);
+            #[cfg(test)]
+            if let Some(accepted) = &accepted {
+                let _ = accepted.send(stream.nodelay());
+            }
+        });
+        let mut served = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
-                    let _ = stop_rx.await;
+                    let _ = drained_rx.await;
                 })
                 .await
         });
-        signal.await;
+        tokio::select! {
+            () = shutdown => {}
+            // The listener failed before any shutdown.
+            result = &mut served => return result.map_err(std::io::Error::other)?,
+        }
+        self.state.node.begin_shutdown();
         let started = Instant::now();
         while self.open_connections() > 0 && started.elapsed() < self.config.drain_timeout {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -151,11 +169,28 @@ impl<B: Backends> Server<B> {
             remaining = self.open_connections(),
             "drained websocket connections"
         );
-        match tokio::time::timeout(Duration::from_secs(2), served).await {
+        // Now stop accepting, and give open HTTP requests a moment to finish.
+        let _ = drained_tx.send(());
+        match tokio::time::timeout(Duration::from_secs(2), &mut served).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(std::io::Error::other(join)),
-            Err(_) => Ok(()),
+            Err(_) => {
+                served.abort();
+                Ok(())
+            }
         }
+    }
+}
+
+/// Sets `TCP_NODELAY` on an accepted socket (WebSocket, HTTP and media alike).
+///
+/// Without it, Nagle's algorithm holds a small write back while an earlier one is not yet
+/// acknowledged, and the peer's delayed ACK answers only after ~40 ms: under moderate load
+/// every small frame (a `message`, a `sent` ack) can wait that long. Writes are coalesced by
+/// the connection itself (one flush per batch), so Nagle buys nothing here.
+fn no_delay(stream: &TcpStream) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(error = %err, "cannot set TCP_NODELAY on an accepted socket");
     }
 }
 
@@ -250,4 +285,68 @@ async fn upgrade<B: Backends>(
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use messenger_fanout::{Fanout, local::LocalFanout};
+    use messenger_sequencer::{Sequencer, memory::MemorySequencer};
+    use messenger_store::{EmbeddedStore, Store};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::auth::DevAuthenticator;
+    use crate::hub::Hub;
+    use crate::presence::MemoryPresence;
+    use crate::{Node, NodeConfig, Services};
+
+    fn node(dir: &std::path::Path) -> Node<impl Backends> {
+        let store = Store::new(EmbeddedStore::open(dir.join("m.db")).unwrap());
+        let hub = Hub::new();
+        let services = Services {
+            sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
+            fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+            store,
+            auth: DevAuthenticator,
+            presence: MemoryPresence::new(),
+        };
+        Node::new(services, hub, NodeConfig::default())
+    }
+
+    /// Every socket the server accepts, HTTP or WebSocket, has `TCP_NODELAY` set (read back
+    /// from the accepted socket with `getsockopt`).
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Server::new(node(dir.path()), ServerConfig::default());
+        let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
+        server.accepted = Some(accepted_tx);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(listener, async move {
+            let _ = stopped.await;
+        }));
+
+        // An HTTP request...
+        let mut http = tokio::net::TcpStream::connect(address).await.unwrap();
+        http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        http.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(accepted.recv().await.unwrap().unwrap(), "HTTP socket");
+
+        // ... and a WebSocket.
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
+            .await
+            .unwrap();
+        assert!(accepted.recv().await.unwrap().unwrap(), "WebSocket socket");
+        drop(ws);
+
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+    }
 }

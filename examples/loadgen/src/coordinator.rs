@@ -376,7 +376,8 @@ async fn create_groups(
     groups: usize,
     members: usize,
 ) -> Result<(Vec<String>, u64), String> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    // TCP_NODELAY (the `true`), like every socket of the project: no Nagle delay per frame.
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .map_err(|err| format!("setup connection to {url}: {err}"))?;
     let hello = json!({"type": "hello", "v": 1, "token": format!("{prefix}owner:setup")});

@@ -578,6 +578,8 @@ async fn handshake(context: &Context, global: usize, role: &Role) -> Result<Ws, 
         .connect(addr)
         .await
         .map_err(|err| format!("connect {addr}: {err}"))?;
+    // TCP_NODELAY, as the messenger client library sets it: with Nagle's algorithm a small
+    // frame sent while another is unacknowledged waits for the server's delayed ACK (~40 ms).
     let _ = stream.set_nodelay(true);
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)

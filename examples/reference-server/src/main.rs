@@ -388,10 +388,12 @@ async fn serve<B: StoreBackend>(
     server_config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     server_config.read_buffer_size = args.read_buffer_bytes;
     let server = Server::new(node.clone(), server_config).with_routes(media::router(&node));
+    // Registered before anyone can know the port: a SIGTERM from then on drains.
+    let shutdown = shutdown_signal();
     tracing::info!(%address, node = %node_id, "listening");
     // Tests and scripts read this line to find the port.
     println!("listening on {address}");
-    server.run(listener, shutdown_signal()).await?;
+    server.run(listener, shutdown).await?;
     // Every connection is closed (and unregistered): leave the cluster.
     cluster.leave().await;
     let stats = stats_node.member_cache_stats();
@@ -637,25 +639,33 @@ fn listen(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::
     socket.listen(4096)
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Completes on SIGINT or SIGTERM. The handlers are installed by this call, not when the
+/// future is first polled: a signal that comes before drains too (instead of killing the
+/// process).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

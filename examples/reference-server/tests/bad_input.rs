@@ -85,6 +85,65 @@ async fn too_many_bad_frames_in_a_row_close_the_connection() {
     assert_eq!(close_code(&mut ws).await, Some(close::TOO_MANY_ERRORS));
 }
 
+/// A client that keeps writing after the frame that gets it closed still receives the close
+/// frame with its code: the server reads (and discards) what the client sent after it, instead
+/// of closing the socket on unread bytes (which resets the connection, and the client sees
+/// 1006 without a close frame). Ten rounds each of 4009, 1003 and 1009.
+#[tokio::test]
+async fn a_client_that_keeps_writing_still_gets_its_close_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let cases: [(&str, u16); 3] = [
+        ("bad frames", close::TOO_MANY_ERRORS),
+        ("binary frame", close::UNSUPPORTED_DATA),
+        ("oversize frame", close::TOO_BIG),
+    ];
+    for (case, expected) in cases {
+        for round in 0..10 {
+            let ws = raw_authed(&server, "alice:phone").await;
+            let (mut outgoing, mut incoming) = futures_util::StreamExt::split(ws);
+            let writer = tokio::spawn(async move {
+                let garbage = || tungstenite::Message::text("garbage".to_owned());
+                // Bad frames first (fewer than 32), so error frames the client has not read
+                // yet stand in front of the close frame, then the frame that closes.
+                let trigger = match expected {
+                    close::UNSUPPORTED_DATA => tungstenite::Message::binary(vec![0; 16]),
+                    close::TOO_BIG => tungstenite::Message::text("x".repeat(70 * 1024)),
+                    _ => garbage(),
+                };
+                for frame in std::iter::repeat_with(garbage).take(20).chain([trigger]) {
+                    if outgoing.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                // Keep writing until the connection refuses: the server closes meanwhile.
+                while outgoing
+                    .send(tungstenite::Message::text("garbage".to_owned()))
+                    .await
+                    .is_ok()
+                {}
+            });
+            let code = loop {
+                match tokio::time::timeout(
+                    common::WAIT,
+                    futures_util::StreamExt::next(&mut incoming),
+                )
+                .await
+                .expect("close in time")
+                {
+                    Some(Ok(tungstenite::Message::Close(frame))) => {
+                        break frame.map(|frame| u16::from(frame.code));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => break None,
+                }
+            };
+            writer.abort();
+            assert_eq!(code, Some(expected), "{case}, round {round}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn sends_that_break_the_rules_are_refused_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -316,6 +375,72 @@ async fn signed_tokens_are_checked_and_expiry_closes_the_connection() {
     assert_eq!(close_code(&mut ws).await, Some(close::TOKEN_EXPIRED));
 }
 
+/// With `--jwt-issuer` and `--jwt-audience`, a token must carry both claims (docs/protocol.md
+/// §4.1): one without `iss` or without `aud` is refused with 4001, as a wrong one is.
+#[tokio::test]
+async fn a_configured_issuer_and_audience_are_required_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            "s3cret",
+            "--jwt-issuer",
+            "chat",
+            "--jwt-audience",
+            "app",
+        ],
+    );
+    let exp = Timestamp::now().as_millis() / 1000 + 60;
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap()
+    };
+    for (case, claims) in [
+        (
+            "no iss",
+            json!({"sub": "alice", "device": "phone", "exp": exp, "aud": "app"}),
+        ),
+        (
+            "no aud",
+            json!({"sub": "alice", "device": "phone", "exp": exp, "iss": "chat"}),
+        ),
+        (
+            "wrong iss",
+            json!({"sub": "alice", "device": "phone", "exp": exp, "iss": "x", "aud": "app"}),
+        ),
+    ] {
+        let mut ws = raw(&server).await;
+        send_json(
+            &mut ws,
+            json!({"type": "hello", "v": 1, "token": sign(claims)}),
+        )
+        .await;
+        assert_eq!(
+            close_code(&mut ws).await,
+            Some(close::UNAUTHORIZED),
+            "{case}"
+        );
+    }
+    let mut ws = raw(&server).await;
+    let good = json!({"sub": "alice", "device": "phone", "exp": exp, "iss": "chat", "aud": "app"});
+    send_json(
+        &mut ws,
+        json!({"type": "hello", "v": 1, "token": sign(good)}),
+    )
+    .await;
+    assert!(matches!(
+        next_frame(&mut ws).await,
+        ServerFrame::Welcome { .. }
+    ));
+}
+
 /// A device that never reads: its queue overflows and the node closes it; everyone else is
 /// served and every message is stored.
 #[tokio::test]
@@ -428,6 +553,60 @@ async fn shutdown_tells_clients_to_reconnect() {
     assert!(matches!(frame, ServerFrame::Reconnect { .. }), "{frame:?}");
     assert_eq!(close_code(&mut ws).await, Some(close::SERVICE_RESTART));
     let (_server, status) = stopping.join().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// During the drain the node keeps its listener: `/readyz` answers 503 and `/healthz` 200, a
+/// new WebSocket upgrade is refused with HTTP 503, and the process exits once the last client
+/// has left (docs/operations.md).
+#[tokio::test]
+async fn draining_answers_503_until_the_last_client_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(
+        dir.path(),
+        &["--drain-timeout-ms", "60000", "--hello-timeout-ms", "60000"],
+    );
+    // The drain waits for this connection: it has not said hello yet, so it is told to
+    // reconnect only once it does.
+    let mut last = raw(&server).await;
+    server.signal_terminate();
+
+    // Ready until the signal is handled, then 503 while draining.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        match http_status(&server, "/readyz").await {
+            503 => break,
+            200 if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => panic!("/readyz answered {other} while draining"),
+        }
+    }
+    assert_eq!(http_status(&server, "/healthz").await, 200);
+    match tokio_tungstenite::connect_async(server.url()).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected HTTP 503 for an upgrade while draining, got {other:?}"),
+    }
+    // Still draining: the last client is there.
+    assert_eq!(http_status(&server, "/readyz").await, 503);
+
+    // The last client says hello, is told to reconnect, and leaves.
+    send_json(
+        &mut last,
+        json!({"type": "hello", "v": 1, "token": "alice:phone"}),
+    )
+    .await;
+    assert!(matches!(
+        next_frame(&mut last).await,
+        ServerFrame::Welcome { .. }
+    ));
+    let frame = next_frame(&mut last).await;
+    assert!(matches!(frame, ServerFrame::Reconnect { .. }), "{frame:?}");
+    assert_eq!(close_code(&mut last).await, Some(close::SERVICE_RESTART));
+    drop(last);
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }
 

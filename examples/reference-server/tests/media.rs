@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::media::{
-    cut_request, get, media_of, next_message, next_status, offset, open_direct, png, put, request,
-    send_media, sha256_hex,
+    KeepAlive, cut_request, get, media_of, next_message, next_status, offset, open_direct, png,
+    put, request, send_media, sha256_hex,
 };
 use common::{Server, WAIT, next_frame, raw_authed, send_json};
 use messenger_core::protocol::{ErrorCode, ServerFrame};
@@ -317,6 +317,77 @@ async fn bad_uploads_are_refused_and_leave_nothing_visible() {
     let whole = get(address, &file_url, Some("bob:phone"), &[]).await;
     assert_eq!(whole.status, 200);
     assert!(whole.body == bytes);
+}
+
+/// A refused upload leaves its keep-alive connection usable (the server reads the unread
+/// body), or says `Connection: close`: a pooled client's next request on that connection
+/// must not fail. Refused before the body is read (413 by `Content-Length`, 403, 401) and
+/// in the middle of it (413 on a chunked body), each with 200 kB the server did not want.
+#[tokio::test]
+async fn a_refused_upload_leaves_the_connection_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let address = server.address;
+    let mut alice = raw_authed(&server, "alice:phone").await;
+    let chat = open_direct(&mut alice, "bob").await;
+    let bytes = png(50_000);
+    let (_, ticket) = send_media(
+        &mut alice,
+        &chat,
+        "m1",
+        media_json("a.png", "image/png", &bytes, false),
+    )
+    .await;
+    let too_long = png(200_000);
+    let mut forged = ticket.ticket.clone();
+    forged.push('x');
+    let cases: [(&str, &str, &str, bool, u16); 4] = [
+        (
+            "declared too long",
+            "alice:phone",
+            &ticket.ticket,
+            false,
+            413,
+        ),
+        ("chunked too long", "alice:phone", &ticket.ticket, true, 413),
+        (
+            "another user's ticket",
+            "bob:phone",
+            &ticket.ticket,
+            false,
+            403,
+        ),
+        ("a forged ticket", "alice:phone", &forged, false, 401),
+    ];
+    for (case, token, upload_ticket, chunked, status) in cases {
+        let bearer = format!("Bearer {token}");
+        let headers = [
+            ("Authorization", bearer.as_str()),
+            ("Upload-Ticket", upload_ticket),
+        ];
+        let mut connection = KeepAlive::connect(address).await;
+        let refused = connection
+            .send("PUT", &ticket.url, &headers, &too_long, chunked)
+            .await
+            .unwrap_or_else(|err| panic!("{case}: no answer: {err}"));
+        assert_eq!(refused.status, status, "{case}: {}", refused.text());
+        let closing = refused
+            .header("connection")
+            .is_some_and(|value| value.eq_ignore_ascii_case("close"));
+        if closing {
+            continue;
+        }
+        let next = connection
+            .send("GET", "/healthz", &[], &[], false)
+            .await
+            .unwrap_or_else(|err| {
+                panic!("{case}: the next request on the kept-alive connection failed: {err}")
+            });
+        assert_eq!(next.status, 200, "{case}: {}", next.text());
+    }
+    // The ticket still uploads the right bytes afterwards.
+    let done = put(address, &ticket, "alice:phone", &bytes).await;
+    assert_eq!(done.status, 201, "{}", done.text());
 }
 
 /// An upload cut by the network resumes from the offset the server reports.

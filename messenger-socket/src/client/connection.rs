@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 use super::config::{Backoff, ClientConfig, jitter};
 use super::error::{AfterClose, classify_close, client_closed, copy_error, from_error_frame};
@@ -99,7 +99,11 @@ pub(crate) async fn handshake(
 }
 
 async fn handshake_untimed(url: &str, token: &str) -> Result<(Socket, Welcome), HandshakeError> {
-    let (mut socket, _response) = connect_async(url).await.map_err(|err| {
+    // `TCP_NODELAY` (the `true`): with Nagle's algorithm a small frame written while an
+    // earlier one is unacknowledged waits for the server's delayed ACK, ~40 ms per message
+    // under moderate load. The connection coalesces its own writes.
+    let connecting = connect_async_with_config(url, None, true);
+    let (mut socket, _response) = connecting.await.map_err(|err| {
         let (kind, after) = match err {
             tokio_tungstenite::tungstenite::Error::Url(_) => {
                 (ErrorKind::InvalidRequest, AfterClose::Fatal)

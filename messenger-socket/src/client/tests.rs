@@ -418,3 +418,24 @@ async fn close_sends_a_normal_close() {
         ErrorKind::Unavailable
     );
 }
+
+/// The client's socket has `TCP_NODELAY` set (read back with `getsockopt`).
+#[tokio::test]
+async fn the_client_socket_has_nodelay_set() {
+    let server = FakeServer::start().await;
+    let (handshake, _connection) = tokio::join!(
+        super::connection::handshake(&server.url, "alice:phone", WAIT),
+        async {
+            let mut connection = server.accept().await;
+            connection.welcome("alice").await;
+            connection
+        }
+    );
+    let Ok((socket, _welcome)) = handshake else {
+        panic!("handshake failed");
+    };
+    match socket.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => assert!(tcp.nodelay().unwrap()),
+        _ => panic!("expected a plain TCP socket"),
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Body as HttpBody;
+use axum::body::{Body as HttpBody, BodyDataStream};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -179,12 +179,113 @@ async fn discard(state: &MediaState, key: &str) {
 }
 
 /// `PUT`, `HEAD`, `PATCH`, `DELETE /media/uploads/{conversation}/{seq}`.
+///
+/// A request refused before its body was read to the end (401, 403, 410, 413...) keeps its
+/// connection usable: the rest of the body is read and discarded (at most [`DRAIN_BYTES`],
+/// within [`DRAIN_TIME`]); when that is not possible the answer says `Connection: close`.
+/// Otherwise the server would close a kept-alive connection without saying so, and a pooled
+/// client's next request on it would fail.
 pub(crate) async fn handle<B: Backends>(
     State(node): State<Engine<B>>,
     Path((conversation, seq)): Path<(String, u64)>,
     method: Method,
     headers: HeaderMap,
     body: HttpBody,
+) -> Response {
+    let mut body = RequestBody::new(body);
+    let response = respond(&node, conversation, seq, method, &headers, &mut body).await;
+    body.settle(&headers, response).await
+}
+
+/// Most bytes of a refused request's body read (and discarded) to keep its connection.
+const DRAIN_BYTES: u64 = 1024 * 1024;
+/// Longest time spent reading a refused request's body to keep its connection.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A request body, read once, that knows whether it was read to its end.
+struct RequestBody {
+    stream: BodyDataStream,
+    /// The stream ended (or broke): nothing more to read.
+    ended: bool,
+    /// Whether anything was asked of the stream (with `Expect: 100-continue`, the client
+    /// sends the body only then).
+    polled: bool,
+    /// Bytes read so far.
+    received: u64,
+}
+
+impl RequestBody {
+    fn new(body: HttpBody) -> Self {
+        Self {
+            stream: body.into_data_stream(),
+            ended: false,
+            polled: false,
+            received: 0,
+        }
+    }
+
+    /// The next chunk; `None` at the end. An error means the connection broke.
+    async fn next(&mut self) -> Option<Result<Bytes, axum::Error>> {
+        if self.ended {
+            return None;
+        }
+        self.polled = true;
+        let item = self.stream.next().await;
+        match &item {
+            Some(Ok(chunk)) => self.received += chunk.len() as u64,
+            Some(Err(_)) | None => self.ended = true,
+        }
+        item
+    }
+
+    /// `response`, once the connection can serve another request: reads the rest of the body
+    /// (within [`DRAIN_BYTES`] and [`DRAIN_TIME`]), or adds `Connection: close`.
+    async fn settle(mut self, headers: &HeaderMap, mut response: Response) -> Response {
+        if self.ended {
+            return response;
+        }
+        let expects_continue = headers
+            .get(header::EXPECT)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        // A client waiting for `100 Continue` has sent no body: asking for it now would only
+        // make it send bytes to discard.
+        let waiting_to_send = expects_continue && !self.polled;
+        let worth_reading = !waiting_to_send
+            && declared.is_none_or(|len| len.saturating_sub(self.received) <= DRAIN_BYTES);
+        if worth_reading {
+            let limit = self.received.saturating_add(DRAIN_BYTES);
+            let drained = tokio::time::timeout(DRAIN_TIME, async {
+                while self.received <= limit {
+                    if self.next().await.is_none() {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if drained == Ok(true) {
+                return response;
+            }
+        }
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+}
+
+/// [`handle`], with the body to read.
+async fn respond<B: Backends>(
+    node: &Node<B>,
+    conversation: String,
+    seq: u64,
+    method: Method,
+    headers: &HeaderMap,
+    body: &mut RequestBody,
 ) -> Response {
     let Some(state) = node.media() else {
         return reply(StatusCode::NOT_FOUND, "this server takes no media");
@@ -207,11 +308,11 @@ pub(crate) async fn handle<B: Backends>(
         );
         return response;
     }
-    let identity = match authenticate(&node, &headers, None).await {
+    let identity = match authenticate(node, headers, None).await {
         Ok(identity) => identity,
         Err(response) => return response,
     };
-    let Some(ticket) = ticket_of(&headers) else {
+    let Some(ticket) = ticket_of(headers) else {
         return reply(StatusCode::UNAUTHORIZED, "missing Upload-Ticket header");
     };
     let claims = match state.signer.check(ticket, Timestamp::now()) {
@@ -242,7 +343,7 @@ pub(crate) async fn handle<B: Backends>(
             "another request is uploading this message; resume when it ends",
         );
     };
-    let media = match media_entry(&node, &conversation, seq).await {
+    let media = match media_entry(node, &conversation, seq).await {
         Ok(media) => media,
         Err(response) => return response,
     };
@@ -260,7 +361,7 @@ pub(crate) async fn handle<B: Backends>(
         }
     }
     let upload = Upload {
-        node: &node,
+        node,
         state,
         conversation: &conversation,
         seq,
@@ -281,7 +382,7 @@ pub(crate) async fn handle<B: Backends>(
         Method::DELETE => upload.cancel().await,
         Method::PATCH => {
             let current = staged_len(state, &key).await;
-            let Some(offset) = offset_header(&headers) else {
+            let Some(offset) = offset_header(headers) else {
                 return with_offset(
                     reply(
                         StatusCode::BAD_REQUEST,
@@ -299,9 +400,9 @@ pub(crate) async fn handle<B: Backends>(
                     current,
                 );
             }
-            upload.receive(&headers, body, current).await
+            upload.receive(headers, body, current).await
         }
-        _ => upload.receive(&headers, body, 0).await,
+        _ => upload.receive(headers, body, 0).await,
     }
 }
 
@@ -317,7 +418,7 @@ struct Upload<'a, B> {
 
 impl<B: Backends> Upload<'_, B> {
     /// Appends the body to the staged file from `start`, then finishes when complete.
-    async fn receive(&self, headers: &HeaderMap, body: HttpBody, start: u64) -> Response {
+    async fn receive(&self, headers: &HeaderMap, body: &mut RequestBody, start: u64) -> Response {
         let size = self.claims.size;
         let declared_len = headers
             .get(header::CONTENT_LENGTH)
@@ -357,9 +458,8 @@ impl<B: Backends> Upload<'_, B> {
             }
         };
         let mut received = start;
-        let mut stream = body.into_data_stream();
         let mut cut = false;
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = body.next().await {
             let chunk: Bytes = match chunk {
                 Ok(chunk) => chunk,
                 Err(err) => {

@@ -102,6 +102,9 @@ async fn serve(args: Args) -> std::io::Result<()> {
                 continue;
             }
         };
+        // TCP_NODELAY, as the messenger server sets it: without it Nagle's algorithm meets
+        // the client's delayed ACK and a small frame can wait ~40 ms, which would be the
+        // baseline's latency floor instead of the machine's.
         let _ = stream.set_nodelay(true);
         let rooms = Arc::clone(&rooms);
         tokio::spawn(async move {

@@ -306,3 +306,100 @@ pub async fn offset(address: SocketAddr, ticket: &UploadTicket, token: &str) -> 
     )
     .await
 }
+
+/// One HTTP/1.1 connection kept alive across requests, as a pooled client uses it.
+pub struct KeepAlive {
+    stream: TcpStream,
+    /// Bytes read past the last response.
+    buffered: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub async fn connect(address: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            stream: TcpStream::connect(address).await.expect("connect http"),
+            buffered: Vec::new(),
+        }
+    }
+
+    /// Writes one request (body with `Content-Length`, or chunked when `chunked`) while
+    /// reading its response, as a client does that sends the body without waiting. `Err`
+    /// when the connection broke (closed or reset) before a whole response arrived.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        chunked: bool,
+    ) -> Result<Response, String> {
+        let target = path_of(target);
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let mut payload = Vec::new();
+        if chunked {
+            head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+            for chunk in body.chunks(16 * 1024) {
+                payload.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                payload.extend_from_slice(chunk);
+                payload.extend_from_slice(b"\r\n");
+            }
+            payload.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            if method != "GET" && method != "HEAD" {
+                head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            head.push_str("\r\n");
+            payload.extend_from_slice(body);
+        }
+        let buffered = &mut self.buffered;
+        let (mut reader, mut writer) = self.stream.split();
+        let write = async {
+            // A server that answers before reading the body may stop reading: the write
+            // then fails, and the answer says what happened to the connection.
+            let _ = writer.write_all(head.as_bytes()).await;
+            let _ = writer.write_all(&payload).await;
+        };
+        let read = async {
+            loop {
+                if let Some(response) = take_response(buffered, method == "HEAD") {
+                    return Ok(response);
+                }
+                let mut chunk = vec![0u8; 64 * 1024];
+                match reader.read(&mut chunk).await {
+                    Ok(0) => return Err("the connection was closed".to_owned()),
+                    Ok(n) => buffered.extend_from_slice(&chunk[..n]),
+                    Err(err) => return Err(format!("the connection broke: {err}")),
+                }
+            }
+        };
+        let (_, response) = tokio::time::timeout(WAIT, async { tokio::join!(write, read) })
+            .await
+            .expect("response in time");
+        response
+    }
+}
+
+/// A whole response (with a `Content-Length` body) from the front of `buffered`, if there.
+fn take_response(buffered: &mut Vec<u8>, head_only: bool) -> Option<Response> {
+    let split = buffered
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buffered[..split]).to_ascii_lowercase();
+    let length: usize = if head_only {
+        0
+    } else {
+        head.lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let end = split + 4 + length;
+    if buffered.len() < end {
+        return None;
+    }
+    let raw: Vec<u8> = buffered.drain(..end).collect();
+    Some(parse(&raw, head_only))
+}

@@ -114,6 +114,21 @@ impl Server {
         child.wait().expect("wait")
     }
 
+    /// SIGTERM without waiting: the process drains meanwhile (see [`Server::wait`]).
+    pub fn signal_terminate(&self) {
+        let child = self.child.as_ref().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit (after [`Server::signal_terminate`]).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        child.wait().expect("wait")
+    }
+
     /// A new process on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill();
