@@ -1,6 +1,6 @@
 //! The socket layer of the messenger SDK: WebSocket connections, authentication, per-connection
-//! ordering and backpressure, the presence registry, and the node that composes a store, a
-//! sequencer and a fanout into a chat server.
+//! ordering and backpressure, and the node that composes a store, a sequencer, a fanout and a
+//! presence registry into a chat server.
 //!
 //! - [`Node`] holds the services ([`Services`]) and runs the chat operations: send (checked,
 //!   sequenced, stored durably, then fanned out), group membership, receipts, typing,
@@ -10,7 +10,8 @@
 //! - [`Server`] is the HTTP side: `GET /ws`, `/healthz`, `/readyz`, connection limit, drain.
 //! - [`hub::Hub`] is the node's registry of local connections; the local fanout delivers
 //!   through it.
-//! - [`auth`]: dev tokens and signed tokens (JWT). [`presence`]: the memory registry.
+//! - [`auth`]: dev tokens and signed tokens (JWT). The presence registries (memory, Redis)
+//!   live in `messenger_fanout::presence`.
 //! - [`media`]: media messages: upload tickets, the upload and download endpoints, expiry.
 //! - `client` (feature `client`): the Rust client with outbox, resume and gap filling.
 //!
@@ -21,10 +22,11 @@
 //! use std::sync::Arc;
 //!
 //! use futures_util::{SinkExt, StreamExt};
+//! use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 //! use messenger_fanout::{Fanout, local::LocalFanout};
 //! use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 //! use messenger_socket::auth::DevAuthenticator;
-//! use messenger_socket::{Node, NodeConfig, Services, hub::Hub, presence::MemoryPresence};
+//! use messenger_socket::{Node, NodeConfig, Services, hub::Hub};
 //! use messenger_store::{EmbeddedStore, Store};
 //! use tokio_tungstenite::WebSocketStream;
 //! use tokio_tungstenite::tungstenite::{Message, protocol::Role};
@@ -40,7 +42,7 @@
 //!     fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
 //!     store,
 //!     auth: DevAuthenticator,
-//!     presence: MemoryPresence::new(),
+//!     presence: Presence::new(MemoryPresence::new()),
 //! };
 //! let node = Node::new(services, hub, NodeConfig::default());
 //!
@@ -67,7 +69,6 @@ mod last_seen;
 pub mod media;
 pub mod members;
 mod node;
-pub mod presence;
 mod server;
 
 pub use connection::serve_connection;

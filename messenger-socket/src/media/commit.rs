@@ -153,6 +153,7 @@ mod tests {
 
     use messenger_core::store::{AppendMessage, CreateConversation};
     use messenger_core::{Conversation, ConversationKind, MediaBody, Member, Role};
+    use messenger_fanout::presence::{Presence, memory::MemoryPresence};
     use messenger_fanout::{Fanout, local::LocalFanout};
     use messenger_sequencer::{Sequencer, memory::MemorySequencer};
     use messenger_store::{EmbeddedStore, Store};
@@ -160,7 +161,6 @@ mod tests {
     use super::*;
     use crate::auth::DevAuthenticator;
     use crate::hub::Hub;
-    use crate::presence::MemoryPresence;
     use crate::{NodeConfig, Services};
 
     #[tokio::test]
@@ -173,7 +173,7 @@ mod tests {
             fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
             store: store.clone(),
             auth: DevAuthenticator,
-            presence: MemoryPresence::new(),
+            presence: Presence::new(MemoryPresence::new()),
         };
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);

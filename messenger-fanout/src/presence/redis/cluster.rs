@@ -5,47 +5,19 @@
 //! slots, but sends a pipeline to the node of a slot we name (`route_pipeline`), and a node
 //! executes commands on any of its slots. The slot map (`CLUSTER SLOTS`) is read once and
 //! again after any reply says a slot moved; commands that met a moved slot are sent again
-//! one by one (the connection follows the redirection).
+//! one by one (the connection follows the redirection). A key's slot is the `redis` crate's
+//! own ([`Slot::for_key`]: CRC16 of the hash tag), so routing here and in the client agree.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ::redis::Value;
+use ::redis::cluster_routing::Slot;
 
-/// How many slots a Redis Cluster has.
-const SLOTS: u16 = 16384;
-
-/// The slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the first `{` and
-/// the next `}`, when not empty) or of the whole key, modulo 16384.
-pub(super) fn slot(key: &[u8]) -> u16 {
-    let hashed = match key.iter().position(|&byte| byte == b'{') {
-        Some(open) => match key[open + 1..].iter().position(|&byte| byte == b'}') {
-            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
-            _ => key,
-        },
-        None => key,
-    };
-    crc16(hashed) % SLOTS
-}
-
-fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// Slot ranges and the address (`host:port`) of the primary serving each.
+/// The address (`host:port`) of the primary serving each slot.
 #[derive(Debug, Default)]
 pub(super) struct SlotMap {
-    ranges: Vec<(u16, u16, Arc<str>)>,
+    owners: HashMap<Slot, Arc<str>>,
 }
 
 impl SlotMap {
@@ -54,7 +26,7 @@ impl SlotMap {
         let Value::Array(entries) = reply else {
             return None;
         };
-        let mut ranges = Vec::with_capacity(entries.len());
+        let mut owners = HashMap::new();
         for entry in entries {
             let Value::Array(fields) = entry else {
                 return None;
@@ -72,24 +44,18 @@ impl SlotMap {
             let Some(Value::Int(port)) = primary.get(1) else {
                 return None;
             };
-            ranges.push((
-                u16::try_from(*start).ok()?,
-                u16::try_from(*end).ok()?,
-                Arc::from(format!("{host}:{port}")),
-            ));
+            let owner: Arc<str> = Arc::from(format!("{host}:{port}"));
+            for slot in u16::try_from(*start).ok()?..=u16::try_from(*end).ok()? {
+                // `None` past the last slot: not a reply of Redis Cluster.
+                owners.insert(Slot::new(slot)?, Arc::clone(&owner));
+            }
         }
-        ranges.sort_by_key(|(start, _, _)| *start);
-        Some(Self { ranges })
+        Some(Self { owners })
     }
 
     /// The address of the primary serving `slot`, if the map knows it.
-    pub(super) fn owner(&self, slot: u16) -> Option<&Arc<str>> {
-        let index = self
-            .ranges
-            .partition_point(|(start, _, _)| *start <= slot)
-            .checked_sub(1)?;
-        let (_, end, owner) = &self.ranges[index];
-        (slot <= *end).then_some(owner)
+    pub(super) fn owner(&self, slot: Slot) -> Option<&Arc<str>> {
+        self.owners.get(&slot)
     }
 }
 
@@ -98,13 +64,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_match_redis() {
-        // Values from `CLUSTER KEYSLOT` on Redis 7.
-        assert_eq!(slot(b"foo"), 12182);
-        assert_eq!(slot(b"123456789"), 12739);
-        assert_eq!(slot(b"messenger:{u:alice}:devices"), slot(b"u:alice"));
-        assert_eq!(slot(b"a{}b"), crc16(b"a{}b") % SLOTS);
-        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+    fn a_users_keys_share_the_slot_of_their_hash_tag() {
+        assert_eq!(
+            Slot::for_key("messenger:{u:alice}:devices"),
+            Slot::for_key("u:alice")
+        );
+        assert_eq!(
+            Slot::for_key("messenger:{n:node-1}:lease"),
+            Slot::for_key("other:{n:node-1}:devices")
+        );
     }
 
     #[test]
@@ -134,10 +102,25 @@ mod tests {
             ]),
         ]);
         let map = SlotMap::parse(&reply).unwrap_or_else(|| panic!("a CLUSTER SLOTS reply"));
-        assert_eq!(map.owner(0).map(|o| &**o), Some("127.0.0.1:7000"));
-        assert_eq!(map.owner(5461).map(|o| &**o), Some("127.0.0.1:7001"));
-        assert_eq!(map.owner(16383).map(|o| &**o), Some("127.0.0.1:7002"));
+        let owner = |slot: u16| {
+            let slot = Slot::new(slot).unwrap_or_else(|| panic!("slot {slot}"));
+            map.owner(slot).map(|owner| owner.to_string())
+        };
+        assert_eq!(owner(0).as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(owner(5461).as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(owner(16383).as_deref(), Some("127.0.0.1:7002"));
+        // `foo` is in slot 12182 (`CLUSTER KEYSLOT foo`).
+        assert_eq!(
+            map.owner(Slot::for_key("foo")).map(|owner| &**owner),
+            Some("127.0.0.1:7002")
+        );
         assert!(SlotMap::parse(&Value::Int(1)).is_none());
-        assert!(SlotMap::default().owner(3).is_none());
+        let beyond = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16384),
+            node("127.0.0.1", 7000),
+        ])]);
+        assert!(SlotMap::parse(&beyond).is_none());
+        assert!(SlotMap::default().owner(Slot::for_key("foo")).is_none());
     }
 }
