@@ -100,9 +100,10 @@
 //! - Register: two commands (`SADD`, one script), one round trip each; a third plus a lease
 //!   read when the user's hash names a node not known yet.
 //! - Look-up of N users: one pipeline of N `HKEYS` on a standalone server; on Redis Cluster
-//!   one request per user sent concurrently on the cluster connection (its keys are in
-//!   different slots, which the `redis` crate will not pipeline together), then at most one
-//!   more batch of lease reads for nodes whose cached expiry passed.
+//!   one pipeline per primary owning some of the keys, all in flight at once (grouped with the
+//!   slot map, `CLUSTER SLOTS`, and the `redis` crate's `Slot::for_key`; a group that meets a
+//!   moved slot is sent again alone), then at most one more batch of lease reads for nodes
+//!   whose cached expiry passed.
 //! - Heartbeat, per node every `heartbeat`: a script on the lease, a `ZADD`, a `ZRANGE` of the
 //!   node set.
 //! - Entry check, per node every `device_ttl / 3`: `HEXISTS` + `PEXPIRE` per connected device,
