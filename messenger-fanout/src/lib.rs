@@ -1,9 +1,12 @@
-//! Delivery of events to every online device of a set of users, across socket nodes, and the
-//! in-process domain event bus of the messenger SDK.
+//! Delivery of events to every online device of a set of users, across socket nodes, the
+//! presence registry it routes by, and the in-process domain event bus of the messenger SDK.
 //!
 //! A [`Fanout`] is a [`tower::Service`] for [`Deliver`] over any [`FanoutBackend`], so it
-//! satisfies [`messenger_core::fanout::FanoutService`]. The [`bus::EventBus`] carries
-//! [`DomainEvent`](messenger_core::DomainEvent)s to other parts of the process.
+//! satisfies [`messenger_core::fanout::FanoutService`]. The [`presence`] registry (which
+//! devices are connected to which node: memory, Redis) is a
+//! [`PresenceService`](messenger_core::presence::PresenceService) built the same way
+//! ([`presence::Presence`] over a [`presence::PresenceBackend`]). The [`bus::EventBus`]
+//! carries [`DomainEvent`](messenger_core::DomainEvent)s to other parts of the process.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -47,7 +50,15 @@
 //! | [`local`] | always built | one node: hands events to this process's connections |
 //! | `kafka` | `kafka` | many nodes: one Kafka topic per node, plus the Kafka topic of domain events (`kafka::KafkaEventSink`, schema in `docs/events.md`) |
 //!
-//! The `conformance` feature exposes the suite every backend runs (`conformance` module).
+//! Presence registries, in [`presence`]:
+//!
+//! | module | feature | what |
+//! |---|---|---|
+//! | [`presence::memory`] | always built | one process |
+//! | `presence::redis` | `redis` | many nodes: Redis or Redis Cluster, with node leases |
+//!
+//! The `conformance` feature exposes the suites every backend runs (`conformance` module,
+//! `presence::conformance`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -61,6 +72,7 @@ pub mod conformance;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod local;
+pub mod presence;
 
 /// What a fanout backend implements: one plain async method.
 ///

@@ -430,6 +430,11 @@ where
         stats.requests > stats.pipelines,
         "concurrent allocations never shared a pipeline: {stats:?}"
     );
+    // Nothing moves meanwhile: a request answered `MOVED` went to the wrong node.
+    assert_eq!(
+        stats.sent_again, 0,
+        "requests routed to a node that does not serve their slot: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,8 @@
 //! - [`Server`] is the HTTP side: `GET /ws`, `/healthz`, `/readyz`, connection limit, drain.
 //! - [`hub::Hub`] is the node's registry of local connections; the local fanout delivers
 //!   through it.
-//! - [`auth`]: dev tokens and signed tokens (JWT). [`presence`]: the memory registry.
+//! - [`auth`]: dev tokens and signed tokens (JWT). The presence registries (memory, Redis)
+//!   live in `messenger_fanout::presence`.
 //! - [`media`]: media messages: upload tickets, the upload and download endpoints, expiry.
 //! - `client` (feature `client`): the Rust client with outbox, resume and gap filling. A
 //!   client-only build (`default-features = false, features = ["client"]`) compiles none of
@@ -25,10 +26,11 @@
 //! use std::sync::Arc;
 //!
 //! use futures_util::{SinkExt, StreamExt};
+//! use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 //! use messenger_fanout::{Fanout, local::LocalFanout};
 //! use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 //! use messenger_socket::auth::DevAuthenticator;
-//! use messenger_socket::{Engine, EngineConfig, Services, hub::Hub, presence::MemoryPresence};
+//! use messenger_socket::{Engine, EngineConfig, Services, hub::Hub};
 //! use messenger_store::{EmbeddedStore, Store};
 //! use tokio_tungstenite::WebSocketStream;
 //! use tokio_tungstenite::tungstenite::{Message, protocol::Role};
@@ -44,7 +46,7 @@
 //!     fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
 //!     store,
 //!     auth: DevAuthenticator,
-//!     presence: MemoryPresence::new(),
+//!     presence: Presence::new(MemoryPresence::new()),
 //! };
 //! let engine = Engine::new(services, hub, EngineConfig::default());
 //!
@@ -79,8 +81,6 @@ mod last_seen;
 pub mod media;
 #[cfg(feature = "server")]
 pub mod members;
-#[cfg(feature = "server")]
-pub mod presence;
 #[cfg(feature = "server")]
 mod server;
 

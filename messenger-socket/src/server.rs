@@ -298,10 +298,10 @@ mod tests {
     use super::*;
     use crate::auth::DevAuthenticator;
     use crate::hub::Hub;
-    use crate::presence::MemoryPresence;
-    use crate::{Node, NodeConfig, Services};
+    use crate::{Engine, EngineConfig, Services};
+    use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 
-    fn node(dir: &std::path::Path) -> Node<impl Backends> {
+    fn node(dir: &std::path::Path) -> Engine<impl Backends> {
         let store = Store::new(EmbeddedStore::open(dir.join("m.db")).unwrap());
         let hub = Hub::new();
         let services = Services {
@@ -309,9 +309,9 @@ mod tests {
             fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
             store,
             auth: DevAuthenticator,
-            presence: MemoryPresence::new(),
+            presence: Presence::new(MemoryPresence::new()),
         };
-        Node::new(services, hub, NodeConfig::default())
+        Engine::new(services, hub, EngineConfig::default())
     }
 
     /// Every socket the server accepts, HTTP or WebSocket, has `TCP_NODELAY` set (read back

@@ -10,6 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use messenger_core::auth::Identity;
 use messenger_core::protocol::{ErrorCode, NewBody, ServerFrame};
 use messenger_core::{Body, ClientMsgId, DeviceId, ErrorKind, ReceiptKind, Seq, UserId, call};
+use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 use messenger_fanout::{Fanout, local::LocalFanout};
 use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 use messenger_socket::auth::DevAuthenticator;
@@ -17,9 +18,7 @@ use messenger_socket::engine::layer::PerUserRateLimitLayer;
 use messenger_socket::engine::{
     AddMembers, CreateGroup, GetPresence, MarkReceipt, ReadHistory, SendMessage, SetTyping,
 };
-use messenger_socket::{
-    Engine, EngineConfig, Server, ServerConfig, Services, hub::Hub, presence::MemoryPresence,
-};
+use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services, hub::Hub};
 use messenger_store::{EmbeddedStore, Store};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -75,7 +74,7 @@ async fn service_calls_reach_connected_devices_in_order() {
             fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
             store,
             auth: DevAuthenticator,
-            presence: MemoryPresence::new(),
+            presence: Presence::new(MemoryPresence::new()),
         },
         hub,
         EngineConfig::default(),
@@ -240,7 +239,7 @@ async fn a_user_over_their_rate_is_refused_and_others_are_not() {
             fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
             store,
             auth: DevAuthenticator,
-            presence: MemoryPresence::new(),
+            presence: Presence::new(MemoryPresence::new()),
         },
         hub,
         EngineConfig::default(),

@@ -9,12 +9,11 @@ use futures_util::{SinkExt, StreamExt};
 use messenger_core::protocol::ServerFrame;
 use messenger_core::sequencer::NextSeq;
 use messenger_core::{Body, ConversationId, Seq, UserId, call};
+use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 use messenger_fanout::{Fanout, local::LocalFanout};
 use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 use messenger_socket::auth::DevAuthenticator;
-use messenger_socket::{
-    Engine, EngineConfig, Server, ServerConfig, Services, hub::Hub, presence::MemoryPresence,
-};
+use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services, hub::Hub};
 use messenger_store::{EmbeddedStore, Store};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -68,7 +67,7 @@ async fn a_seq_that_is_never_stored_becomes_void_and_order_holds() {
             sequencer: sequencer.clone(),
             fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
             auth: DevAuthenticator,
-            presence: MemoryPresence::new(),
+            presence: Presence::new(MemoryPresence::new()),
         },
         hub,
         config,

@@ -32,13 +32,13 @@ use messenger_core::{
 };
 use messenger_fanout::Fanout;
 use messenger_fanout::local::LocalFanout;
+use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 use messenger_sequencer::Sequencer;
 use messenger_sequencer::memory::MemorySequencer;
 use messenger_socket::engine::{
     Engine, EngineConfig, OpenDirect, ReadHistory, SendMessage, Services,
 };
 use messenger_socket::hub::Hub;
-use messenger_socket::presence::MemoryPresence;
 use messenger_socket::{Server, ServerConfig};
 use messenger_store::{EmbeddedStore, Store};
 use serde::Deserialize;
@@ -58,7 +58,7 @@ pub type AppEngine = Engine<
         Sequencer<MemorySequencer<AppStore>>,
         Fanout<LocalFanout<Arc<Hub>>>,
         Sessions,
-        MemoryPresence,
+        Presence<MemoryPresence>,
     >,
 >;
 
@@ -131,7 +131,7 @@ pub async fn serve(
         fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
         store,
         auth: sessions.clone(),
-        presence: MemoryPresence::new(),
+        presence: Presence::new(MemoryPresence::new()),
     };
     // The bot reads the engine's domain events.
     let (events, bot_events) = mpsc::unbounded_channel();

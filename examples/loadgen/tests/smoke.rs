@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use messenger_fanout::Fanout;
 use messenger_fanout::local::LocalFanout;
+use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 use messenger_sequencer::Sequencer;
 use messenger_sequencer::memory::MemorySequencer;
 use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator};
 use messenger_socket::hub::Hub;
-use messenger_socket::presence::MemoryPresence;
 use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services};
 use messenger_store::{EmbeddedConfig, EmbeddedStore, Store};
 use serde_json::Value;
@@ -40,7 +40,7 @@ fn start_messenger(data: &Path) -> String {
                 sequencer: Sequencer::new(MemorySequencer::new(store)),
                 fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
                 auth: AnyAuthenticator::Dev(DevAuthenticator),
-                presence: MemoryPresence::new(),
+                presence: Presence::new(MemoryPresence::new()),
             };
             let node = Engine::new(services, hub, EngineConfig::default());
             let server = Server::new(node, ServerConfig::default());

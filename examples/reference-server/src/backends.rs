@@ -15,10 +15,10 @@ use messenger_core::service::Operation;
 use messenger_core::{Error, Seq};
 use messenger_fanout::FanoutBackend;
 use messenger_fanout::local::LocalFanout;
+use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 use messenger_sequencer::SequencerBackend;
 use messenger_sequencer::memory::MemorySequencer;
 use messenger_socket::hub::Hub;
-use messenger_socket::presence::MemoryPresence;
 use tower::ServiceExt;
 
 /// The sequencer: in memory (one node) or on Redis (a cluster of nodes).
@@ -58,9 +58,9 @@ impl<F: SeqFloor> SequencerBackend for AnySequencer<F> {
 /// The presence registry: in memory (one node) or on Redis with node leases.
 #[derive(Debug, Clone)]
 pub(crate) enum AnyPresence {
-    Memory(MemoryPresence),
+    Memory(Presence<MemoryPresence>),
     #[cfg(feature = "redis")]
-    Redis(messenger_socket::presence::redis::RedisPresence),
+    Redis(Presence<messenger_fanout::presence::redis::RedisPresence>),
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'static>>;

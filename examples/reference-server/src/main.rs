@@ -12,12 +12,12 @@ use clap::{Parser, ValueEnum};
 use messenger_core::presence::NodeId;
 use messenger_core::sequencer::SeqFloor;
 use messenger_fanout::bus::EventBus;
+use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 use messenger_fanout::{Fanout, local::LocalFanout};
 use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator, JwtAuthenticator};
 use messenger_socket::hub::Hub;
 use messenger_socket::media::{self, MediaConfig};
-use messenger_socket::presence::MemoryPresence;
 use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services};
 use messenger_store::mysql::MysqlStore;
 use messenger_store::{Durability, EmbeddedConfig, EmbeddedStore, Store, StoreBackend};
@@ -450,7 +450,7 @@ impl<F: SeqFloor + Clone> Cluster<F> {
     fn local(floor: F, hub: &Arc<Hub>) -> Self {
         Self {
             sequencer: Arc::new(AnySequencer::Memory(MemorySequencer::new(floor))),
-            presence: AnyPresence::Memory(MemoryPresence::new()),
+            presence: AnyPresence::Memory(Presence::new(MemoryPresence::new())),
             fanout: Arc::new(AnyFanout::Local(LocalFanout::new(Arc::clone(hub)))),
             events: None,
         }
@@ -507,8 +507,8 @@ async fn connect_cluster<F: SeqFloor + Clone>(
     floor: F,
     hub: &Arc<Hub>,
 ) -> Result<Cluster<F>, Box<dyn std::error::Error>> {
+    use messenger_fanout::presence::redis::{RedisPresence, RedisPresenceConfig};
     use messenger_sequencer::redis::RedisSequencer;
-    use messenger_socket::presence::redis::{RedisPresence, RedisPresenceConfig};
 
     let urls: Vec<String> = redis
         .split(',')
@@ -537,11 +537,11 @@ async fn connect_cluster<F: SeqFloor + Clone>(
     };
     let presence_config = RedisPresenceConfig::new(urls, Arc::clone(node))
         .with_lease(Duration::from_millis(args.lease_ms));
-    let presence = AnyPresence::Redis(
+    let presence = AnyPresence::Redis(Presence::new(
         RedisPresence::connect(presence_config)
             .await
             .map_err(|err| format!("cannot start the Redis presence registry: {err}"))?,
-    );
+    ));
     tracing::info!(node = %node, "redis sequencer and presence");
     let (fanout, events) = match &args.kafka {
         None => {

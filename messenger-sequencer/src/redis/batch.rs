@@ -12,7 +12,8 @@
 //!
 //! On Redis Cluster a pipeline must go to one node: the batch is split by node, from a slot
 //! map this task reads with `CLUSTER SLOTS` (and reads again when a reply says a slot moved),
-//! and each part is routed to the node of its first slot. A command that landed on the wrong
+//! and each part is routed to the node of its first slot. A key's slot is the `redis` crate's
+//! own ([`Slot::for_key`]), so this split and the client's routing agree. A command that landed on the wrong
 //! node anyway answers `MOVED`/`ASK` without running (so does one answered `TRYAGAIN`). Such
 //! requests come back as [`BatchError::NotSent`] and the caller sends them alone, through the
 //! client's own redirect logic.
@@ -24,12 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ::redis::aio::ConnectionLike;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+use ::redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
 use ::redis::{ErrorKind, Pipeline, RedisError, RedisResult, ServerErrorKind, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-
-/// The number of hash slots of Redis Cluster.
-const SLOT_COUNT: u16 = 16_384;
 
 /// What a queued increment answers.
 pub(super) type Reply = Result<i64, BatchError>;
@@ -50,7 +48,7 @@ pub(super) enum BatchError {
 /// One queued increment.
 struct Pending {
     key: Arc<str>,
-    slot: u16,
+    slot: Slot,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -183,7 +181,7 @@ impl Batcher {
     }
 
     /// Queues one `INCR` of the counter `key` (in hash slot `slot`) and waits for its answer.
-    pub(super) async fn increment(&self, key: Arc<str>, slot: u16) -> Reply {
+    pub(super) async fn increment(&self, key: Arc<str>, slot: Slot) -> Reply {
         let (reply, answer) = oneshot::channel();
         let pending = Pending { key, slot, reply };
         if self.sender.send(pending).await.is_err() {
@@ -201,7 +199,7 @@ enum Target<C> {
     Cluster {
         connection: ClusterConnection,
         /// The node (an index into a list only this map uses) of every slot, when known.
-        slots: Option<Vec<u16>>,
+        slots: Option<HashMap<Slot, u16>>,
         /// Set when a reply suggests the map is out of date.
         stale: Arc<AtomicBool>,
     },
@@ -266,11 +264,11 @@ where
                     // is always routed right.
                     *slots = read_slot_map(connection).await;
                 }
-                let mut parts: HashMap<u32, Vec<Pending>> = HashMap::new();
+                let mut parts: HashMap<PartKey, Vec<Pending>> = HashMap::new();
                 for pending in batch {
-                    let node = match slots {
-                        Some(slots) => u32::from(slots[usize::from(pending.slot)]),
-                        None => u32::from(pending.slot) + (1 << 16),
+                    let node = match slots.as_ref().and_then(|slots| slots.get(&pending.slot)) {
+                        Some(node) => PartKey::Node(*node),
+                        None => PartKey::Slot(pending.slot),
                     };
                     parts.entry(node).or_default().push(pending);
                 }
@@ -285,9 +283,13 @@ where
                     tokio::spawn(async move {
                         let pipeline = pipeline_of(&part);
                         // Never empty: a part holds at least the request that created it.
-                        let slot = part.pending.first().map_or(0, |pending| pending.slot);
-                        let route =
-                            SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                        let route = match part.pending.first() {
+                            Some(pending) => SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
+                                pending.slot,
+                                SlotAddr::Master,
+                            )),
+                            None => SingleNodeRoutingInfo::RandomPrimary,
+                        };
                         let result = connection
                             .route_pipeline(pipeline, 0, part.counts.len(), route)
                             .await;
@@ -300,6 +302,14 @@ where
             }
         }
     }
+}
+
+/// Which pipeline of a cluster batch a request goes in: its node's, or its slot's own when
+/// the slot map does not know the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PartKey {
+    Node(u16),
+    Slot(Slot),
 }
 
 /// One command per counter of `part`: `INCR <key>`, or `INCRBY <key> <n>` for `n` requests.
@@ -394,7 +404,7 @@ fn fail(batch: Vec<Pending>, error: &Arc<RedisError>) {
 }
 
 /// The node of every slot, from `CLUSTER SLOTS`; `None` when it cannot be read.
-async fn read_slot_map(connection: &mut ClusterConnection) -> Option<Vec<u16>> {
+async fn read_slot_map(connection: &mut ClusterConnection) -> Option<HashMap<Slot, u16>> {
     let reply: Value = ::redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(connection)
@@ -404,14 +414,13 @@ async fn read_slot_map(connection: &mut ClusterConnection) -> Option<Vec<u16>> {
 }
 
 /// Parses a `CLUSTER SLOTS` reply: `[[start, end, [host, port, ...], replicas...], ...]`.
-/// Slots the reply does not cover keep a node of their own.
-fn slot_map_of(reply: Value) -> Option<Vec<u16>> {
+/// Slots the reply does not cover are not in the map.
+fn slot_map_of(reply: Value) -> Option<HashMap<Slot, u16>> {
     let Value::Array(ranges) = reply else {
         return None;
     };
     let mut nodes: HashMap<(Vec<u8>, i64), u16> = HashMap::new();
-    let unassigned = u16::MAX;
-    let mut map = vec![unassigned; usize::from(SLOT_COUNT)];
+    let mut map = HashMap::new();
     for range in ranges {
         let Value::Array(range) = range else {
             return None;
@@ -431,58 +440,27 @@ fn slot_map_of(reply: Value) -> Option<Vec<u16>> {
         };
         let next = u16::try_from(nodes.len()).ok()?;
         let node = *nodes.entry((host, *port)).or_insert(next);
-        let start = usize::try_from(*start).ok()?;
-        let end = usize::try_from(*end).ok()?;
-        for slot in map.get_mut(start..=end)? {
-            *slot = node;
+        for slot in u16::try_from(*start).ok()?..=u16::try_from(*end).ok()? {
+            // `None` past the last slot: not a reply of Redis Cluster.
+            map.insert(Slot::new(slot)?, node);
         }
     }
     Some(map)
-}
-
-/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the
-/// first `{` and the next `}`, when not empty) or of the whole key, modulo 16384.
-pub(super) fn slot_of(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|&byte| byte == b'{').and_then(|open| {
-        let rest = &key[open + 1..];
-        let close = rest.iter().position(|&byte| byte == b'}')?;
-        (close > 0).then(|| &rest[..close])
-    });
-    crc16(tagged.unwrap_or(key)) % SLOT_COUNT
-}
-
-/// CRC16-CCITT (XMODEM), the checksum Redis Cluster hashes keys with.
-fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn slot(number: u16) -> Slot {
+        Slot::new(number).expect("a slot number")
+    }
+
     #[test]
-    fn slots_match_redis_cluster() {
-        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
-        assert_eq!(crc16(b"123456789"), 0x31C3);
-        assert_eq!(slot_of(b"foo"), 12182);
-        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
-        // An empty tag hashes the whole key.
-        assert_eq!(slot_of(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16_384);
-        assert_eq!(slot_of(b"foo{{bar}}zap"), slot_of(b"{bar"));
+    fn a_conversations_keys_share_a_slot() {
         assert_eq!(
-            slot_of(b"messenger:{g:a}:seq"),
-            slot_of(b"messenger:{g:a}:epoch")
+            Slot::for_key("messenger:{g:a}:seq"),
+            Slot::for_key("messenger:{g:a}:epoch")
         );
     }
 
@@ -504,10 +482,38 @@ mod tests {
             Value::Array(vec![Value::Int(5461), Value::Int(16383), node(7001)]),
         ]);
         let map = slot_map_of(reply).expect("a valid reply");
-        assert_eq!(map[0], map[5460]);
-        assert_ne!(map[5460], map[5461]);
-        assert_eq!(map[5461], map[16383]);
+        assert_eq!(map.len(), 16_384);
+        assert_eq!(map[&slot(0)], map[&slot(5460)]);
+        assert_ne!(map[&slot(5460)], map[&slot(5461)]);
+        assert_eq!(map[&slot(5461)], map[&slot(16383)]);
         assert!(slot_map_of(Value::Int(1)).is_none());
+        let beyond = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16_384),
+            node(7000),
+        ])]);
+        assert!(slot_map_of(beyond).is_none());
+    }
+
+    #[test]
+    fn a_key_finds_the_node_of_its_slot() {
+        let node = |port: i64| {
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(port),
+            ])
+        };
+        // `foo` is in slot 12182 (`CLUSTER KEYSLOT foo`): a node of its own here.
+        let reply = Value::Array(vec![
+            Value::Array(vec![Value::Int(0), Value::Int(12181), node(7000)]),
+            Value::Array(vec![Value::Int(12182), Value::Int(12182), node(7001)]),
+            Value::Array(vec![Value::Int(12183), Value::Int(16383), node(7000)]),
+        ]);
+        let map = slot_map_of(reply).expect("a valid reply");
+        let lone = map[&slot(12182)];
+        assert_eq!(map[&Slot::for_key("foo")], lone);
+        assert_eq!(map[&Slot::for_key("{foo}:seq")], lone);
+        assert_ne!(map[&Slot::for_key("bar")], lone);
     }
 
     #[test]
@@ -517,12 +523,12 @@ mod tests {
         let batch = vec![
             Pending {
                 key: Arc::from("a"),
-                slot: 0,
+                slot: slot(0),
                 reply: moved_reply,
             },
             Pending {
                 key: Arc::from("b"),
-                slot: 0,
+                slot: slot(0),
                 reply: ok_reply,
             },
         ];
@@ -552,7 +558,7 @@ mod tests {
             let (reply, answer) = oneshot::channel();
             batch.push(Pending {
                 key: Arc::clone(key),
-                slot: 0,
+                slot: slot(0),
                 reply,
             });
             answers.push(answer);

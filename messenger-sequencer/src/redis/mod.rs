@@ -118,6 +118,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager};
+use ::redis::cluster_routing::Slot;
 use ::redis::{Script, ScriptInvocation};
 #[cfg(doc)]
 use messenger_core::ErrorKind;
@@ -203,7 +204,7 @@ struct Conversation {
     /// The counter key.
     key: Arc<str>,
     /// The Redis Cluster hash slot of the key.
-    slot: u16,
+    slot: Slot,
     /// How many times this process folded the floor into the counter; 0 until the first use.
     /// Allocations that raced with a floor read retry when it changed.
     floors_applied: AtomicU64,
@@ -220,7 +221,7 @@ struct Conversation {
 impl Conversation {
     fn new(key: String) -> Self {
         Self {
-            slot: batch::slot_of(key.as_bytes()),
+            slot: Slot::for_key(&key),
             key: Arc::from(key),
             floors_applied: AtomicU64::new(0),
             highest: AtomicU64::new(0),

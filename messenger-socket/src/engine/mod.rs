@@ -19,7 +19,7 @@
 //! use messenger_socket::auth::DevAuthenticator;
 //! use messenger_socket::engine::{Engine, EngineConfig, OpenDirect, SendMessage, Services};
 //! use messenger_socket::hub::Hub;
-//! use messenger_socket::presence::MemoryPresence;
+//! use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 //! use messenger_store::{EmbeddedStore, Store};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -32,7 +32,7 @@
 //!     fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
 //!     store,
 //!     auth: DevAuthenticator,
-//!     presence: MemoryPresence::new(),
+//!     presence: Presence::new(MemoryPresence::new()),
 //! };
 //! let engine = Engine::new(services, hub, EngineConfig::default());
 //!

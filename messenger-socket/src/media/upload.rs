@@ -280,7 +280,7 @@ impl RequestBody {
 
 /// [`handle`], with the body to read.
 async fn respond<B: Backends>(
-    node: &Node<B>,
+    node: &Engine<B>,
     conversation: String,
     seq: u64,
     method: Method,

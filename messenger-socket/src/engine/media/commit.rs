@@ -104,6 +104,7 @@ mod tests {
 
     use messenger_core::store::{AppendMessage, CreateConversation};
     use messenger_core::{Conversation, ConversationKind, MediaBody, Member, Role};
+    use messenger_fanout::presence::{Presence, memory::MemoryPresence};
     use messenger_fanout::{Fanout, local::LocalFanout};
     use messenger_sequencer::{Sequencer, memory::MemorySequencer};
     use messenger_store::{EmbeddedStore, Store};
@@ -112,7 +113,6 @@ mod tests {
     use crate::auth::DevAuthenticator;
     use crate::engine::{EngineConfig, Services};
     use crate::hub::Hub;
-    use crate::presence::MemoryPresence;
 
     #[tokio::test]
     async fn a_status_moves_once_with_its_events() {
@@ -124,7 +124,7 @@ mod tests {
             fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
             store: store.clone(),
             auth: DevAuthenticator,
-            presence: MemoryPresence::new(),
+            presence: Presence::new(MemoryPresence::new()),
         };
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);

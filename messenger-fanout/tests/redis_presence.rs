@@ -20,9 +20,13 @@ use messenger_core::presence::{
     SubscribePresence, UnregisterDevice,
 };
 use messenger_core::{DeviceId, ErrorKind, Timestamp, UserId, call};
-use messenger_socket::presence::conformance::{self, NodeHandle};
-use messenger_socket::presence::redis::{RedisPresence, RedisPresenceConfig};
+use messenger_fanout::presence::conformance::{self, NodeHandle};
+use messenger_fanout::presence::redis::{RedisPresence, RedisPresenceConfig};
+use messenger_fanout::presence::{Presence, connect};
 use tokio::sync::broadcast::error::RecvError;
+
+/// A registry as the tests call it.
+type Registry = Presence<RedisPresence>;
 
 const STANDALONE_VARIABLE: &str = "MESSENGER_TEST_REDIS_URL";
 const CLUSTER_VARIABLE: &str = "MESSENGER_TEST_REDIS_CLUSTER";
@@ -83,14 +87,16 @@ fn random_node() -> NodeId {
 }
 
 /// A registry with a random node id, a 1 s lease and quick sweeps.
-async fn node(urls: &[String], prefix: &str) -> RedisPresence {
+async fn node(urls: &[String], prefix: &str) -> Registry {
     let config = RedisPresenceConfig::new(urls.to_vec(), random_node())
         .with_key_prefix(prefix)
         .with_lease(Duration::from_secs(1))
         .with_sweep_interval(Duration::from_millis(300));
-    RedisPresence::connect(config)
-        .await
-        .unwrap_or_else(|err| panic!("connect to {urls:?}: {err}"))
+    Presence::new(
+        RedisPresence::connect(config)
+            .await
+            .unwrap_or_else(|err| panic!("connect to {urls:?}: {err}")),
+    )
 }
 
 fn user(label: &str) -> UserId {
@@ -101,13 +107,13 @@ fn device(name: &str) -> DeviceId {
     DeviceId::new(name).unwrap_or_else(|err| panic!("{err}"))
 }
 
-async fn register(registry: &RedisPresence, user: &UserId, name: &str, connection: u64) -> bool {
+async fn register(registry: &Registry, user: &UserId, name: &str, connection: u64) -> bool {
     call(
         registry,
         RegisterDevice {
             user: user.clone(),
             device: device(name),
-            node: registry.node().clone(),
+            node: registry.backend().node().clone(),
             connection,
             at: Timestamp::now(),
         },
@@ -116,7 +122,7 @@ async fn register(registry: &RedisPresence, user: &UserId, name: &str, connectio
     .unwrap_or_else(|err| panic!("register: {err}"))
 }
 
-async fn online_nodes(registry: &RedisPresence, user: &UserId) -> Vec<String> {
+async fn online_nodes(registry: &Registry, user: &UserId) -> Vec<String> {
     let online = call(
         registry,
         LookupPresence {
@@ -169,17 +175,67 @@ async fn conformance_suite(urls: Vec<String>) {
     let b = node(&urls, &prefix).await;
     conformance::run_all(
         NodeHandle {
-            id: a.node(),
+            id: a.backend().node(),
             registry: &a,
         },
         NodeHandle {
-            id: b.node(),
+            id: b.backend().node(),
             registry: &b,
         },
     )
     .await;
     a.release().await.unwrap_or_else(|err| panic!("{err}"));
     b.release().await.unwrap_or_else(|err| panic!("{err}"));
+}
+
+/// The same suite on registries built from the URLs ([`connect`]), as `DynPresence`s; their
+/// release, through the trait object, takes their users offline and refuses further work.
+async fn the_dyn_form_from_urls_passes_the_suite(urls: Vec<String>) {
+    // `connect` sets no key prefix: the default one, which other runs of this test may share;
+    // users are random and node ids new, so they do not meet.
+    let (a_id, b_id) = (random_node(), random_node());
+    let a = connect(&urls, a_id.clone(), Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|err| panic!("connect to {urls:?}: {err}"));
+    let b = connect(&urls, b_id.clone(), Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|err| panic!("connect to {urls:?}: {err}"));
+    conformance::run_all(
+        NodeHandle {
+            id: &a_id,
+            registry: &a,
+        },
+        NodeHandle {
+            id: &b_id,
+            registry: &b,
+        },
+    )
+    .await;
+    let user = user("released");
+    let registered = call(
+        &b,
+        RegisterDevice {
+            user: user.clone(),
+            device: device("phone"),
+            node: b_id.clone(),
+            connection: 1,
+            at: Timestamp::now(),
+        },
+    )
+    .await
+    .unwrap_or_else(|err| panic!("register: {err}"));
+    assert!(registered);
+    b.release().await.unwrap_or_else(|err| panic!("{err}"));
+    let online = call(&a, LookupPresence { users: vec![user] })
+        .await
+        .unwrap_or_else(|err| panic!("lookup: {err}"));
+    assert!(online.is_empty(), "released with the node: {online:?}");
+    let refused = call(&b, SubscribePresence)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a released registry accepted a subscription"));
+    assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}");
+    a.release().await.unwrap_or_else(|err| panic!("{err}"));
 }
 
 /// A node dropped without release (a crash): once its lease lapses, the other node's
@@ -189,16 +245,18 @@ async fn a_lapsed_lease_takes_the_nodes_users_offline(urls: Vec<String>) {
     let prefix = prefix("lapse");
     // This node sweeps once, at start, then not for a minute: what it sees after the crash
     // comes from the lease alone.
-    let survivor = RedisPresence::connect(
-        RedisPresenceConfig::new(urls.clone(), random_node())
-            .with_key_prefix(&prefix)
-            .with_lease(Duration::from_secs(1))
-            .with_sweep_interval(Duration::from_secs(60)),
-    )
-    .await
-    .unwrap_or_else(|err| panic!("{err}"));
+    let survivor = Presence::new(
+        RedisPresence::connect(
+            RedisPresenceConfig::new(urls.clone(), random_node())
+                .with_key_prefix(&prefix)
+                .with_lease(Duration::from_secs(1))
+                .with_sweep_interval(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err}")),
+    );
     let doomed = node(&urls, &prefix).await;
-    let doomed_id = doomed.node().to_string();
+    let doomed_id = doomed.backend().node().to_string();
     let mut feed = call(&survivor, SubscribePresence)
         .await
         .unwrap_or_else(|err| panic!("{err}"));
@@ -226,7 +284,7 @@ async fn a_lapsed_lease_takes_the_nodes_users_offline(urls: Vec<String>) {
     );
     assert_eq!(
         online_nodes(&survivor, &shared).await,
-        [survivor.node().to_string()],
+        [survivor.backend().node().to_string()],
         "the shared user keeps the survivor's device only"
     );
     // A registration of the lonely user now brings them online, although the dead
@@ -240,13 +298,13 @@ async fn a_lapsed_lease_takes_the_nodes_users_offline(urls: Vec<String>) {
         !nodes.iter().any(|node| **node == *doomed_id),
         "{doomed_id} still listed: {nodes:?}"
     );
-    assert!(nodes.contains(survivor.node()), "{nodes:?}");
+    assert!(nodes.contains(survivor.backend().node()), "{nodes:?}");
     let _ = call(
         &survivor,
         UnregisterDevice {
             user: lonely.clone(),
             device: device("watch"),
-            node: survivor.node().clone(),
+            node: survivor.backend().node().clone(),
             connection: 4,
             at: Timestamp::now(),
         },
@@ -338,18 +396,18 @@ async fn release_takes_users_offline_at_once(urls: Vec<String>) {
         .release()
         .await
         .unwrap_or_else(|err| panic!("{err}"));
-    assert!(!leaving.holds_lease());
+    assert!(!leaving.backend().holds_lease());
 
     // No waiting: the entries are gone when release returns.
     assert!(online_nodes(&staying, &gone).await.is_empty());
     assert_eq!(
         online_nodes(&staying, &kept).await,
-        [staying.node().to_string()]
+        [staying.backend().node().to_string()]
     );
     let nodes = call(&staying, ListNodes)
         .await
         .unwrap_or_else(|err| panic!("{err}"));
-    assert!(!nodes.contains(leaving.node()), "{nodes:?}");
+    assert!(!nodes.contains(leaving.backend().node()), "{nodes:?}");
     let change = next_change(&mut feed, &gone).await;
     assert!(!change.online, "{change:?}");
     let refused = call(
@@ -357,7 +415,7 @@ async fn release_takes_users_offline_at_once(urls: Vec<String>) {
         RegisterDevice {
             user: gone.clone(),
             device: device("phone"),
-            node: leaving.node().clone(),
+            node: leaving.backend().node().clone(),
             connection: 5,
             at: Timestamp::now(),
         },
@@ -397,7 +455,7 @@ async fn misuse_is_refused(urls: Vec<String>) {
     assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
 
     let twin = RedisPresence::connect(
-        RedisPresenceConfig::new(urls.clone(), registry.node().clone())
+        RedisPresenceConfig::new(urls.clone(), registry.backend().node().clone())
             .with_key_prefix(&prefix)
             .with_lease(Duration::from_secs(1)),
     )
@@ -417,17 +475,19 @@ async fn a_restarted_node_removes_what_it_left(urls: Vec<String>) {
     let prefix = prefix("restart");
     let watcher = node(&urls, &prefix).await;
     let crashed = node(&urls, &prefix).await;
-    let id = crashed.node().clone();
+    let id = crashed.backend().node().clone();
     let left = user("left");
     assert!(register(&crashed, &left, "phone", 1).await);
     drop(crashed);
-    let restarted = RedisPresence::connect(
-        RedisPresenceConfig::new(urls.clone(), id.clone())
-            .with_key_prefix(&prefix)
-            .with_lease(Duration::from_secs(1)),
-    )
-    .await
-    .unwrap_or_else(|err| panic!("restart with the same node id: {err}"));
+    let restarted = Presence::new(
+        RedisPresence::connect(
+            RedisPresenceConfig::new(urls.clone(), id.clone())
+                .with_key_prefix(&prefix)
+                .with_lease(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("restart with the same node id: {err}")),
+    );
     assert!(online_nodes(&watcher, &left).await.is_empty());
     // The same connection number is a new device now, and brings the user online.
     assert!(register(&restarted, &left, "phone", 1).await);
@@ -467,6 +527,7 @@ macro_rules! on_both {
 
 on_both!(
     conformance_suite,
+    the_dyn_form_from_urls_passes_the_suite,
     a_lapsed_lease_takes_the_nodes_users_offline,
     release_takes_users_offline_at_once,
     misuse_is_refused,

@@ -9,7 +9,8 @@
 //! use messenger_core::call;
 //! use messenger_core::presence::{LookupPresence, NodeId};
 //! use messenger_core::UserId;
-//! use messenger_socket::presence::redis::{RedisPresence, RedisPresenceConfig};
+//! use messenger_fanout::presence::Presence;
+//! use messenger_fanout::presence::redis::{RedisPresence, RedisPresenceConfig};
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,7 +18,7 @@
 //!     vec!["redis://127.0.0.1:6379/".to_owned()],
 //!     NodeId::from("node-1"),
 //! );
-//! let presence = RedisPresence::connect(config).await?;
+//! let presence = Presence::new(RedisPresence::connect(config).await?);
 //! // Hand `presence` to the node's `Services`; it registers devices as they connect.
 //! let online = call(&presence, LookupPresence { users: vec![UserId::new("alice")?] }).await?;
 //! # let _ = online;
@@ -28,6 +29,8 @@
 //! ```
 //!
 //! Several URLs make it a Redis Cluster client (the URLs are seed nodes).
+//! [`presence::connect`](super::connect) builds the same from URLs, as a
+//! [`DynPresence`](super::DynPresence).
 //!
 //! # Keys
 //!
@@ -97,9 +100,10 @@
 //! - Register: two commands (`SADD`, one script), one round trip each; a third plus a lease
 //!   read when the user's hash names a node not known yet.
 //! - Look-up of N users: one pipeline of N `HKEYS` on a standalone server; on Redis Cluster
-//!   one request per user sent concurrently on the cluster connection (its keys are in
-//!   different slots, which the `redis` crate will not pipeline together), then at most one
-//!   more batch of lease reads for nodes whose cached expiry passed.
+//!   one pipeline per primary owning some of the keys, all in flight at once (grouped with the
+//!   slot map, `CLUSTER SLOTS`, and the `redis` crate's `Slot::for_key`; a group that meets a
+//!   moved slot is sent again alone), then at most one more batch of lease reads for nodes
+//!   whose cached expiry passed.
 //! - Heartbeat, per node every `heartbeat`: a script on the lease, a `ZADD`, a `ZRANGE` of the
 //!   node set.
 //! - Entry check, per node every `device_ttl / 3`: `HEXISTS` + `PEXPIRE` per connected device,
@@ -116,19 +120,18 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+use ::redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
 use ::redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 #[cfg(doc)]
 use messenger_core::ErrorKind;
 use messenger_core::presence::{
-    ListNodes, LookupPresence, NodeId, OnlineDevice, PresenceChange, RegisterDevice,
+    ListNodes, LookupPresence, NodeId, OnlineDevice, PresenceChange, PresenceFeed, RegisterDevice,
     SubscribePresence, UnregisterDevice,
 };
 use messenger_core::{DeviceId, Error, Timestamp, UserId};
@@ -139,7 +142,7 @@ use cluster::SlotMap;
 pub use config::RedisPresenceConfig;
 use error::RedisPresenceError;
 
-use super::FEED_CAPACITY;
+use super::{FEED_CAPACITY, PresenceBackend};
 
 /// The backend name errors carry.
 const BACKEND: &str = "redis";
@@ -591,9 +594,9 @@ impl Inner {
         let map = self.slot_map(connection).await;
         let mut answers: Vec<Option<Vec<Value>>> = vec![None; groups.len()];
         // Groups by owner: the slot to route by, and the indexes of the groups.
-        let mut by_owner: HashMap<Arc<str>, (u16, Vec<usize>)> = HashMap::new();
+        let mut by_owner: HashMap<Arc<str>, (Slot, Vec<usize>)> = HashMap::new();
         for (index, (key, _)) in groups.iter().enumerate() {
-            let slot = cluster::slot(key.as_bytes());
+            let slot = Slot::for_key(key);
             if let Some(owner) = map.as_ref().and_then(|map| map.owner(slot)) {
                 by_owner
                     .entry(Arc::clone(owner))
@@ -619,7 +622,10 @@ impl Inner {
                         pipe,
                         0,
                         count,
-                        SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
+                        SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
+                            slot,
+                            SlotAddr::Master,
+                        )),
                     )
                     .await;
                 (indexes, sizes, values)
@@ -1538,49 +1544,41 @@ impl fmt::Debug for RedisPresence {
     }
 }
 
-/// Implements `tower::Service<$request>` for [`RedisPresence`] by forwarding to an async
-/// method of its shared state.
-macro_rules! forward {
-    ($request:ty => $method:ident) => {
-        impl tower::Service<$request> for RedisPresence {
-            type Response = <$request as messenger_core::service::Operation>::Response;
-            type Error = Error;
-            type Future = std::pin::Pin<
-                Box<dyn std::future::Future<Output = Result<Self::Response, Error>> + Send>,
-            >;
-
-            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-                Poll::Ready(Ok(()))
-            }
-
-            fn call(&mut self, request: $request) -> Self::Future {
-                let inner = Arc::clone(&self.inner);
-                Box::pin(async move { inner.$method(request).await })
-            }
-        }
-    };
-}
-
-forward!(RegisterDevice => register);
-forward!(UnregisterDevice => unregister);
-forward!(LookupPresence => lookup);
-
-impl Inner {
-    async fn subscribe_presence(
-        &self,
-        _request: SubscribePresence,
-    ) -> Result<broadcast::Receiver<PresenceChange>, Error> {
-        self.check_open()?;
-        Ok(self.feed.subscribe())
+/// See [`RedisPresence::connect`] and the [module docs](self) for what each request costs
+/// and how it fails.
+///
+/// # Cancellation safety
+/// A dropped [`register`](PresenceBackend::register) keeps the device in this node's list:
+/// the next lease re-assertion or entry check writes it. A dropped
+/// [`unregister`](PresenceBackend::unregister) may leave the entry until the node releases
+/// or dies. Reads are cancellation safe.
+impl PresenceBackend for RedisPresence {
+    async fn register(&self, request: RegisterDevice) -> Result<bool, Error> {
+        self.inner.register(request).await
     }
 
-    async fn list(&self, _request: ListNodes) -> Result<Vec<NodeId>, Error> {
-        self.list_nodes().await
+    async fn unregister(&self, request: UnregisterDevice) -> Result<bool, Error> {
+        self.inner.unregister(request).await
+    }
+
+    async fn lookup(&self, request: LookupPresence) -> Result<Vec<OnlineDevice>, Error> {
+        self.inner.lookup(request).await
+    }
+
+    async fn subscribe(&self, _request: SubscribePresence) -> Result<PresenceFeed, Error> {
+        self.inner.check_open()?;
+        Ok(self.inner.feed.subscribe())
+    }
+
+    async fn list_nodes(&self, _request: ListNodes) -> Result<Vec<NodeId>, Error> {
+        self.inner.list_nodes().await
+    }
+
+    /// See [`RedisPresence::release`].
+    async fn release(&self) -> Result<(), Error> {
+        RedisPresence::release(self).await
     }
 }
-
-forward!(SubscribePresence => subscribe_presence);
-forward!(ListNodes => list);
 
 #[cfg(test)]
 mod tests {

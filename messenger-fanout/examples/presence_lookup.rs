@@ -1,7 +1,7 @@
 //! Measures a batched presence look-up of a 1 000-user group on Redis or Redis Cluster.
 //!
 //! ```text
-//! cargo run --release -p messenger-socket --features redis --example presence_lookup -- URL...
+//! cargo run --release -p messenger-fanout --features redis --example presence_lookup -- URL...
 //! ```
 //!
 //! One URL: a standalone server; several: Redis Cluster seed nodes (what `scripts/redis.sh`
@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use messenger_core::presence::{LookupPresence, NodeId, RegisterDevice};
 use messenger_core::{DeviceId, Timestamp, UserId, call};
-use messenger_socket::presence::redis::{RedisPresence, RedisPresenceConfig};
+use messenger_fanout::presence::Presence;
+use messenger_fanout::presence::redis::{RedisPresence, RedisPresenceConfig};
 use redis::AsyncCommands;
 
 const USERS: usize = 1000;
@@ -42,10 +43,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let prefix = format!("messenger-bench-{}", std::process::id());
     let node = NodeId::from(format!("bench-{}", std::process::id()));
-    let presence = RedisPresence::connect(
-        RedisPresenceConfig::new(urls.clone(), node.clone()).with_key_prefix(prefix.clone()),
-    )
-    .await?;
+    let presence = Presence::new(
+        RedisPresence::connect(
+            RedisPresenceConfig::new(urls.clone(), node.clone()).with_key_prefix(prefix.clone()),
+        )
+        .await?,
+    );
     let users: Vec<UserId> = (0..USERS)
         .map(|i| UserId::new(format!("member-{i}")))
         .collect::<Result<_, _>>()?;

@@ -16,8 +16,12 @@ use messenger_core::presence::{
     ListNodes, LookupPresence, NodeId, PresenceFeed, RegisterDevice, SubscribePresence,
 };
 use messenger_core::{DeviceId, Timestamp, UserId, call};
-use messenger_socket::presence::redis::{RedisPresence, RedisPresenceConfig};
+use messenger_fanout::presence::Presence;
+use messenger_fanout::presence::redis::{RedisPresence, RedisPresenceConfig};
 use tokio::sync::broadcast::error::RecvError;
+
+/// A registry as the tests call it.
+type Registry = Presence<RedisPresence>;
 
 fn random() -> u64 {
     use rand::Rng;
@@ -28,29 +32,31 @@ fn skipped(why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
 
-async fn node(url: &str, prefix: &str) -> RedisPresence {
+async fn node(url: &str, prefix: &str) -> Registry {
     let config = RedisPresenceConfig::new(
         vec![url.to_owned()],
         NodeId::from(format!("node-{:x}", random())),
     )
     .with_key_prefix(prefix)
     .with_lease(Duration::from_secs(1));
-    RedisPresence::connect(config)
-        .await
-        .unwrap_or_else(|err| panic!("connect to {url}: {err}"))
+    Presence::new(
+        RedisPresence::connect(config)
+            .await
+            .unwrap_or_else(|err| panic!("connect to {url}: {err}")),
+    )
 }
 
 fn user(label: &str) -> UserId {
     UserId::new(format!("{label}-{:x}", random())).unwrap_or_else(|err| panic!("{err}"))
 }
 
-async fn register(registry: &RedisPresence, user: &UserId, connection: u64) -> bool {
+async fn register(registry: &Registry, user: &UserId, connection: u64) -> bool {
     call(
         registry,
         RegisterDevice {
             user: user.clone(),
             device: DeviceId::new("phone").unwrap_or_else(|err| panic!("{err}")),
-            node: registry.node().clone(),
+            node: registry.backend().node().clone(),
             connection,
             at: Timestamp::now(),
         },
@@ -61,7 +67,7 @@ async fn register(registry: &RedisPresence, user: &UserId, connection: u64) -> b
 
 /// Whether `asking` lists `user` online on `on`, and lists both nodes alive. Errors (Redis
 /// restarting) count as "not yet".
-async fn visible(asking: &RedisPresence, user: &UserId, on: &RedisPresence) -> bool {
+async fn visible(asking: &Registry, user: &UserId, on: &Registry) -> bool {
     let Ok(online) = call(
         asking,
         LookupPresence {
@@ -76,19 +82,19 @@ async fn visible(asking: &RedisPresence, user: &UserId, on: &RedisPresence) -> b
         return false;
     };
     online.len() == 1
-        && &online[0].node == on.node()
-        && nodes.contains(on.node())
-        && nodes.contains(asking.node())
+        && &online[0].node == on.backend().node()
+        && nodes.contains(on.backend().node())
+        && nodes.contains(asking.backend().node())
 }
 
 /// Polls until `asking` sees `user` on `on` again; panics after 20 s.
-async fn until_visible(asking: &RedisPresence, user: &UserId, on: &RedisPresence, after: &str) {
+async fn until_visible(asking: &Registry, user: &UserId, on: &Registry, after: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !visible(asking, user, on).await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "after {after}: {user} on {} not visible again within 20 s",
-            on.node()
+            on.backend().node()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -110,7 +116,7 @@ async fn online_change(feed: &mut PresenceFeed, user: &UserId, limit: Duration) 
 
 /// Registers fresh users on `on` until `feed` carries one coming online (the subscription
 /// is back); panics after 20 s.
-async fn until_feed_works(feed: &mut PresenceFeed, on: &RedisPresence, after: &str) {
+async fn until_feed_works(feed: &mut PresenceFeed, on: &Registry, after: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut connection = 100;
     loop {
@@ -121,7 +127,7 @@ async fn until_feed_works(feed: &mut PresenceFeed, on: &RedisPresence, after: &s
             RegisterDevice {
                 user: probe.clone(),
                 device: DeviceId::new("phone").unwrap_or_else(|err| panic!("{err}")),
-                node: on.node().clone(),
+                node: on.backend().node().clone(),
                 connection,
                 at: Timestamp::now(),
             },
@@ -176,7 +182,7 @@ async fn live_nodes_reassert_their_leases_and_entries() {
     until_visible(&a, &on_b, &b, "FLUSHALL").await;
     // The re-registration announced the user online again.
     assert!(online_change(&mut feed_b, &on_a, Duration::from_secs(15)).await);
-    assert!(a.holds_lease() && b.holds_lease());
+    assert!(a.backend().holds_lease() && b.backend().holds_lease());
 
     match std::env::var("MESSENGER_TEST_REDIS_RESTART") {
         Ok(restart) if !restart.trim().is_empty() => {
