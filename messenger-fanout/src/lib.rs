@@ -47,6 +47,11 @@
 //! | [`local`] | always built | one node: hands events to this process's connections |
 //! | `kafka` | `kafka` | many nodes: one Kafka topic per node, plus the Kafka topic of domain events (`kafka::KafkaEventSink`, schema in `docs/events.md`) |
 //!
+//! A backend chosen at run time: [`Fanout::new_dyn`] erases the type of any backend, so the
+//! local and the Kafka fanout have one type, [`DynFanout`] (see [`DynFanoutBackend`]). There
+//! is no URL constructor: both backends need this node's connections (and Kafka the presence
+//! registry), which only the caller has.
+//!
 //! The `conformance` feature exposes the suite every backend runs (`conformance` module).
 
 use std::future::Future;
@@ -58,9 +63,12 @@ use messenger_core::fanout::{Deliver, DeliveryReport};
 pub mod bus;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod dynamic;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod local;
+
+pub use dynamic::{DynFanout, DynFanoutBackend};
 
 /// What a fanout backend implements: one plain async method.
 ///
