@@ -5,9 +5,16 @@
 //! wrap it; [`call`] runs one request on such a service and recovers an [`Error`] from the
 //! boxed errors layers produce.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use tower::{Service, ServiceExt};
 
 use crate::error::{BoxError, Error};
+
+/// The boxed, sendable future of one backend operation: what the object-safe (`Dyn*`) forms
+/// of the backend traits return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
 /// A request type and the response it produces.
 pub trait Operation: Send + 'static {

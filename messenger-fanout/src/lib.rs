@@ -59,6 +59,12 @@
 //!
 //! The `conformance` feature exposes the suites every backend runs (`conformance` module,
 //! `presence::conformance`).
+//!
+//! A backend chosen at run time: [`Fanout::new_dyn`] erases the type of any backend, so the
+//! local and the Kafka fanout have one type, [`DynFanout`] (see [`DynFanoutBackend`]). There
+//! is no URL constructor: both backends need this node's connections (and Kafka the presence
+//! registry), which only the caller has.
+//!
 
 use std::future::Future;
 use std::sync::Arc;
@@ -69,10 +75,13 @@ use messenger_core::fanout::{Deliver, DeliveryReport};
 pub mod bus;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod dynamic;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod local;
 pub mod presence;
+
+pub use dynamic::{DynFanout, DynFanoutBackend};
 
 /// What a fanout backend implements: one plain async method.
 ///

@@ -33,6 +33,10 @@
 //! | [`memory`] | always built | counters in this process, floor recovered from the store through [`SeqFloor`](messenger_core::sequencer::SeqFloor) |
 //! | `redis` | `redis` | Redis / Redis Cluster `INCR` shared by every process, floor and fences as for memory |
 //!
+//! A backend chosen at run time: [`connect`] builds the one a URL names (`memory:`,
+//! `redis://...`, several `redis://` URLs for Redis Cluster) as a [`DynSequencer`], and
+//! [`Sequencer::new_dyn`] erases the type of any backend (see [`DynSequencerBackend`]).
+//!
 //! The `conformance` feature exposes the suite every backend runs (`conformance` module).
 
 use std::future::Future;
@@ -43,9 +47,14 @@ use messenger_core::{Error, Seq};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod dynamic;
+mod from_url;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+
+pub use dynamic::{DynSequencer, DynSequencerBackend};
+pub use from_url::connect;
 
 /// What a sequencer backend implements: plain async methods, one per operation.
 ///

@@ -512,3 +512,28 @@ async fn cluster_coalesces_a_hot_conversation() {
         a_hot_conversation_shares_one_incrby(connection).await;
     }
 }
+
+/// `messenger_sequencer::connect` with one URL (standalone) and with several (cluster): the
+/// suite passes on the `DynSequencer` it returns. (Skips silently: the other tests of this
+/// binary print the skip lines.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_by_url_passes_the_conformance_suite() {
+    let set = |variable| {
+        std::env::var(variable)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+    };
+    if let Some(url) = set(STANDALONE_VARIABLE) {
+        let sequencer = messenger_sequencer::connect(&url, NoFloor)
+            .await
+            .unwrap_or_else(|err| panic!("connect({url}): {err}"));
+        conformance::run(&sequencer).await;
+    }
+    if let Some(urls) = set(CLUSTER_VARIABLE) {
+        assert!(urls.contains(','), "{CLUSTER_VARIABLE} lists several nodes");
+        let sequencer = messenger_sequencer::connect(&urls, NoFloor)
+            .await
+            .unwrap_or_else(|err| panic!("connect({urls}): {err}"));
+        conformance::run(&sequencer).await;
+    }
+}

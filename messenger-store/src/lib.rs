@@ -48,6 +48,10 @@
 //! | `mysql` | `mysql` | MySQL / MariaDB, shared by several nodes (`mysql::MysqlStore`) |
 //! | `scylla` | `scylla` | ScyllaDB / Cassandra, scale-out (`scylla::ScyllaStore`) |
 //!
+//! A backend chosen at run time: [`connect`] opens the one a URL names (`embedded:PATH`,
+//! `mysql://...`, `scylla://...`) as a [`DynStore`], and [`Store::new_dyn`] erases the type
+//! of any backend (see [`DynStoreBackend`]).
+//!
 //! With the `conformance` feature, `conformance` holds the behaviour tests every backend
 //! passes.
 
@@ -68,14 +72,18 @@ use messenger_core::{
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod dynamic;
 pub mod embedded;
+mod from_url;
 mod media;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 
+pub use dynamic::{DynStore, DynStoreBackend};
 pub use embedded::{Durability, EmbeddedConfig, EmbeddedStore};
+pub use from_url::connect;
 
 /// What a store backend implements: one plain async method per request of
 /// [`messenger_core::store`], with the semantics documented on each request type.
@@ -292,6 +300,7 @@ mod tests {
     #[test]
     fn store_is_a_store_service() {
         assert_store_service::<Store<EmbeddedStore>>();
+        assert_store_service::<DynStore>();
         #[cfg(feature = "mysql")]
         assert_store_service::<Store<mysql::MysqlStore>>();
         #[cfg(feature = "scylla")]

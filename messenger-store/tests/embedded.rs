@@ -27,6 +27,24 @@ async fn conformance_without_group_commit() {
     conformance::run_all(&open(&dir, false)).await;
 }
 
+/// The dyn form forwards every operation: the suite passes on a store opened by URL, and the
+/// sequencer floor comes through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_a_store_opened_by_url() {
+    use messenger_core::sequencer::SeqFloor;
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let url = format!("embedded:{}", dir.path().join("messages.db").display());
+    let store: messenger_store::DynStore = messenger_store::connect(&url).await.expect("connect");
+    conformance::run_all(&store).await;
+    conformance::two_stores_race_for_the_same_seqs(&store, &store).await;
+    let chat = messenger_core::ConversationId::new("g:never-written").expect("id");
+    assert_eq!(
+        store.floor(&chat).await.expect("floor"),
+        messenger_core::Seq::ZERO
+    );
+}
+
 mod embedded_only {
     use std::sync::Arc;
 

@@ -41,6 +41,17 @@ async fn connect(url: &str) -> Store<MysqlStore> {
     )
 }
 
+/// The same database through `messenger_store::connect`, the URL constructor, as a
+/// `DynStore`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_mysql_opened_by_url() {
+    let Some(url) = url() else { return };
+    let store = messenger_store::connect(&url)
+        .await
+        .expect("connect to the test database by URL");
+    conformance::run_all(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_mysql() {
     let Some(url) = url() else { return };

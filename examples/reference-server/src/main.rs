@@ -10,23 +10,18 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use messenger_core::presence::NodeId;
-use messenger_core::sequencer::SeqFloor;
 use messenger_fanout::bus::EventBus;
-use messenger_fanout::presence::{Presence, memory::MemoryPresence};
-use messenger_fanout::{Fanout, local::LocalFanout};
-use messenger_sequencer::{Sequencer, memory::MemorySequencer};
+use messenger_fanout::local::LocalFanout;
+use messenger_fanout::presence::DynPresence;
+use messenger_fanout::{DynFanout, Fanout};
+use messenger_sequencer::DynSequencer;
 use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator, JwtAuthenticator};
 use messenger_socket::hub::Hub;
 use messenger_socket::media::{self, MediaConfig};
 use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services};
-use messenger_store::mysql::MysqlStore;
-use messenger_store::{Durability, EmbeddedConfig, EmbeddedStore, Store, StoreBackend};
+use messenger_store::DynStore;
 use tower::ServiceBuilder;
 use tracing_subscriber::EnvFilter;
-
-mod backends;
-
-use backends::{AnyFanout, AnyPresence, AnySequencer};
 
 /// The messenger reference server.
 #[derive(Debug, Parser)]
@@ -40,7 +35,9 @@ struct Args {
     #[arg(long, env = "MESSENGER_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
 
-    /// The message store: `embedded` (a SQLite file in --data-dir) or a shared database:
+    /// The message store, as `messenger_store::connect` takes it: `embedded` (the SQLite
+    /// file `messages.db` in --data-dir), `embedded:PATH` (another file;
+    /// `embedded:PATH?durability=relaxed` overrides --durability), or a shared database:
     /// `mysql://USER:PASSWORD@HOST:PORT/DATABASE` (MySQL 8 or MariaDB) or
     /// `scylla://HOST:PORT[,HOST:PORT...][/KEYSPACE]` (ScyllaDB or Cassandra; needs the
     /// `scylla` feature). The schema is created or migrated at start.
@@ -56,7 +53,7 @@ struct Args {
     /// an fsync per group commit; survives a crash of the machine or a power loss) or
     /// `relaxed` (no fsync per commit; survives a crash of this process, but a crash of the
     /// OS or a power loss may take back the last acknowledged messages). Ignored by the
-    /// shared stores.
+    /// shared stores, and by an `embedded:PATH?durability=...` store URL.
     #[arg(long, env = "MESSENGER_DURABILITY", value_enum, default_value_t = DurabilityMode::Full)]
     durability: DurabilityMode,
 
@@ -136,9 +133,10 @@ struct Args {
     #[arg(long, env = "MESSENGER_MEDIA_DIR")]
     media_dir: Option<PathBuf>,
 
-    /// Where media objects are kept: `local` (under --media-dir) or, with the `s3` feature,
-    /// `s3://BUCKET?endpoint=http://HOST:PORT&region=REGION` (credentials from
-    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    /// Where media objects are kept: `local` (under --media-dir), `file:///PATH` or, with the
+    /// `s3` feature, `s3://BUCKET[/PREFIX]?endpoint=http://HOST:PORT&region=REGION`
+    /// (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; any `object_store` S3
+    /// option as a query key).
     #[arg(long, env = "MESSENGER_MEDIA_STORE", default_value = "local")]
     media_store: String,
 
@@ -233,7 +231,18 @@ fn init_logs(format: LogFormat) {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let auth = match args.auth {
+    let auth = authenticator(&args)?;
+    let url = store_url(&args);
+    let store = messenger_store::connect(&url)
+        .await
+        .map_err(|err| format!("cannot use the store {}: {err}", scheme(&url)))?;
+    tracing::info!(store = scheme(&url), "store");
+    serve(store, auth, args).await
+}
+
+/// `--auth`: dev tokens or HS256 JWTs.
+fn authenticator(args: &Args) -> Result<AnyAuthenticator, Box<dyn std::error::Error>> {
+    Ok(match args.auth {
         AuthMode::Dev => {
             tracing::warn!("dev auth: tokens `user:device` are trusted as is");
             AnyAuthenticator::Dev(DevAuthenticator)
@@ -252,68 +261,36 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             AnyAuthenticator::Jwt(jwt)
         }
-    };
+    })
+}
 
-    if args.store == "embedded" {
-        std::fs::create_dir_all(&args.data_dir)
-            .map_err(|err| format!("cannot create {}: {err}", args.data_dir.display()))?;
-        let mut config = EmbeddedConfig::new(args.data_dir.join("messages.db"));
-        config.durability = match args.durability {
-            DurabilityMode::Full => Durability::Full,
-            DurabilityMode::Relaxed => Durability::Relaxed,
-        };
-        let durability = config.durability;
-        let embedded =
-            tokio::task::spawn_blocking(move || EmbeddedStore::open_with(config)).await??;
-        tracing::info!(data_dir = %args.data_dir.display(), ?durability, "embedded store");
-        serve(Store::new(embedded), auth, args).await
-    } else if args.store.starts_with("mysql://") {
-        let mysql = MysqlStore::connect(args.store.clone())
-            .await
-            .map_err(|err| format!("cannot use the MySQL store: {err}"))?;
-        tracing::info!("mysql store");
-        serve(Store::new(mysql), auth, args).await
-    } else if let Some(rest) = args.store.strip_prefix("scylla://") {
-        let rest = rest.to_owned();
-        scylla(&rest, auth, args).await
+/// `--store` as a `messenger_store::connect` URL: `embedded` is the file `messages.db` in
+/// `--data-dir`, and an embedded store without a `durability` option takes `--durability`.
+fn store_url(args: &Args) -> String {
+    let url = if args.store == "embedded" {
+        format!("embedded:{}", args.data_dir.join("messages.db").display())
     } else {
-        Err("--store must be `embedded`, a mysql:// URL or a scylla:// URL".into())
+        args.store.clone()
+    };
+    if !url.starts_with("embedded:") || url.contains("durability=") {
+        return url;
     }
+    let durability = match args.durability {
+        DurabilityMode::Full => "full",
+        DurabilityMode::Relaxed => "relaxed",
+    };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}durability={durability}")
 }
 
-/// `--store scylla://HOST:PORT[,HOST:PORT...][/KEYSPACE]`.
-#[cfg(feature = "scylla")]
-async fn scylla(
-    nodes_and_keyspace: &str,
-    auth: AnyAuthenticator,
-    args: Args,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let (nodes, keyspace) = nodes_and_keyspace
-        .split_once('/')
-        .unwrap_or((nodes_and_keyspace, ""));
-    let mut config = messenger_store::scylla::ScyllaConfig::new(nodes.split(','));
-    if !keyspace.is_empty() {
-        config.keyspace = keyspace.to_owned();
-    }
-    let scylla = messenger_store::scylla::ScyllaStore::connect(config)
-        .await
-        .map_err(|err| format!("cannot use the ScyllaDB store: {err}"))?;
-    tracing::info!("scylla store");
-    serve(Store::new(scylla), auth, args).await
-}
-
-#[cfg(not(feature = "scylla"))]
-async fn scylla(
-    _nodes_and_keyspace: &str,
-    _auth: AnyAuthenticator,
-    _args: Args,
-) -> Result<(), Box<dyn std::error::Error>> {
-    Err("this build has no ScyllaDB support: build with `cargo build --release -p reference-server --features scylla`".into())
+/// What a URL may show in logs: its scheme, never a password.
+fn scheme(url: &str) -> &str {
+    url.split_once(':').map_or(url, |(scheme, _)| scheme)
 }
 
 /// Composes a node over `store` and serves it until a shutdown signal.
-async fn serve<B: StoreBackend>(
-    store: Store<B>,
+async fn serve(
+    store: DynStore,
     auth: AnyAuthenticator,
     args: Args,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -344,8 +321,8 @@ async fn serve<B: StoreBackend>(
     let events = cluster.events.clone();
     let services = Services {
         store,
-        sequencer: Sequencer::from_arc(Arc::clone(&cluster.sequencer)),
-        fanout: Fanout::from_arc(Arc::clone(&cluster.fanout)),
+        sequencer: cluster.sequencer.clone(),
+        fanout: cluster.fanout.clone(),
         auth,
         presence: cluster.presence.clone(),
     };
@@ -388,12 +365,10 @@ async fn serve<B: StoreBackend>(
     server_config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     server_config.read_buffer_size = args.read_buffer_bytes;
     let server = Server::new(node.clone(), server_config).with_routes(media::router(&node));
-    // Registered before anyone can know the port: a SIGTERM from then on drains.
-    let shutdown = shutdown_signal();
     tracing::info!(%address, node = %node_id, "listening");
     // Tests and scripts read this line to find the port.
     println!("listening on {address}");
-    server.run(listener, shutdown).await?;
+    server.run(listener, shutdown_signal()).await?;
     // Every connection is closed (and unregistered): leave the cluster.
     cluster.leave().await;
     let stats = stats_node.member_cache_stats();
@@ -416,11 +391,17 @@ fn rand_u32() -> u32 {
     u32::try_from(hash & u64::from(u32::MAX)).unwrap_or_default()
 }
 
+/// The Kafka fanout, kept to delete its topic when the node leaves.
+#[cfg(feature = "kafka")]
+type KafkaFanout = messenger_fanout::kafka::KafkaFanout<Arc<Hub>, DynPresence>;
+
 /// The parts of a node that other nodes share: sequencer, presence, fanout, event stream.
-struct Cluster<F> {
-    sequencer: Arc<AnySequencer<F>>,
-    presence: AnyPresence,
-    fanout: Arc<AnyFanout>,
+struct Cluster {
+    sequencer: DynSequencer,
+    presence: DynPresence,
+    fanout: DynFanout,
+    #[cfg(feature = "kafka")]
+    kafka: Option<Arc<KafkaFanout>>,
     events: Option<Arc<EventStream>>,
 }
 
@@ -445,158 +426,100 @@ impl EventStream {
     }
 }
 
-impl<F: SeqFloor + Clone> Cluster<F> {
-    /// One node on its own: everything in this process.
-    fn local(floor: F, hub: &Arc<Hub>) -> Self {
-        Self {
-            sequencer: Arc::new(AnySequencer::Memory(MemorySequencer::new(floor))),
-            presence: AnyPresence::Memory(Presence::new(MemoryPresence::new())),
-            fanout: Arc::new(AnyFanout::Local(LocalFanout::new(Arc::clone(hub)))),
-            events: None,
-        }
-    }
-
-    /// Joins the cluster the flags name (or stays alone without `--redis`).
+impl Cluster {
+    /// Joins the cluster the flags name (or stays alone without `--redis`). The sequencer
+    /// learns each conversation's floor from the store, so seqs continue after a restart (and,
+    /// with a shared store, after another node's writes: a conflict fences it forward).
     async fn connect(
         args: &Args,
         node: &NodeId,
-        floor: F,
+        store: DynStore,
         hub: &Arc<Hub>,
     ) -> Result<Self, Box<dyn std::error::Error>> {
-        let Some(redis) = &args.redis else {
-            // The sequencer starts empty and learns each conversation's floor from the
-            // store, so seqs continue after a restart (and, with a shared store, after another
-            // node's writes: a conflict fences it forward).
-            return Ok(Self::local(floor, hub));
+        let sequencer =
+            messenger_sequencer::connect(args.redis.as_deref().unwrap_or("memory:"), store)
+                .await
+                .map_err(|err| format!("--redis: {err}"))?;
+        // In this process, or on the `--redis` servers with a node lease.
+        let presence = messenger_fanout::presence::connect(
+            args.redis.as_deref().unwrap_or("memory:").split(','),
+            Arc::clone(node),
+            Duration::from_millis(args.lease_ms),
+        )
+        .await
+        .map_err(|err| format!("cannot start the presence registry: {err}"))?;
+        let mut cluster = Self {
+            sequencer,
+            presence,
+            fanout: Fanout::new_dyn(LocalFanout::new(Arc::clone(hub))),
+            #[cfg(feature = "kafka")]
+            kafka: None,
+            events: None,
         };
-        connect_cluster(args, redis, node, floor, hub).await
+        match (&args.redis, &args.kafka) {
+            (None, _) => {}
+            (Some(_), None) => tracing::warn!(
+                "--redis without --kafka: events reach only this node's connections; run one \
+                 node, or give every node --kafka"
+            ),
+            (Some(_), Some(brokers)) => cluster.kafka(args, brokers, node, hub).await?,
+        }
+        Ok(cluster)
+    }
+
+    /// `--kafka`: the fanout between nodes and the domain event stream.
+    #[cfg(feature = "kafka")]
+    async fn kafka(
+        &mut self,
+        args: &Args,
+        brokers: &str,
+        node: &NodeId,
+        hub: &Arc<Hub>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use messenger_fanout::DynFanoutBackend;
+        use messenger_fanout::kafka::{KafkaEventSink, KafkaFanoutConfig};
+
+        let config = KafkaFanoutConfig::new(brokers, Arc::clone(node));
+        let fanout = KafkaFanout::start(config, Arc::clone(hub), self.presence.clone())
+            .await
+            .map_err(|err| format!("cannot start the Kafka fanout on {brokers}: {err}"))?;
+        let events = KafkaEventSink::new(brokers, &args.events_topic)
+            .await
+            .map_err(|err| format!("cannot start the Kafka event stream on {brokers}: {err}"))?;
+        tracing::info!(%brokers, topic = %args.events_topic, "kafka fanout and events");
+        let fanout = Arc::new(fanout);
+        self.fanout = Fanout::new(Arc::clone(&fanout) as Arc<dyn DynFanoutBackend>);
+        self.kafka = Some(fanout);
+        self.events = Some(Arc::new(EventStream::Kafka(events)));
+        Ok(())
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    async fn kafka(
+        &mut self,
+        _args: &Args,
+        _brokers: &str,
+        _node: &NodeId,
+        _hub: &Arc<Hub>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        Err("this build has no Kafka support: build with `cargo build --release -p reference-server --features kafka`".into())
     }
 
     /// Leaves the cluster after the drain: deletes this node's fanout topic and releases its
     /// presence lease (its devices are gone already; any left are removed).
     async fn leave(&self) {
         #[cfg(feature = "kafka")]
-        if let AnyFanout::Kafka(fanout) = &*self.fanout {
+        if let Some(fanout) = &self.kafka {
             fanout.shutdown().await;
         }
-        #[cfg(feature = "redis")]
-        if let AnyPresence::Redis(presence) = &self.presence {
-            if let Err(err) = presence.release().await {
-                tracing::warn!(error = %err, "could not release the presence lease");
-            }
+        if let Err(err) = self.presence.release().await {
+            tracing::warn!(error = %err, "could not release the presence lease");
         }
     }
 }
 
-#[cfg(not(feature = "redis"))]
-async fn connect_cluster<F: SeqFloor + Clone>(
-    _args: &Args,
-    _redis: &str,
-    _node: &NodeId,
-    _floor: F,
-    _hub: &Arc<Hub>,
-) -> Result<Cluster<F>, Box<dyn std::error::Error>> {
-    Err("this build has no Redis support: build with `--features redis`".into())
-}
-
-#[cfg(feature = "redis")]
-async fn connect_cluster<F: SeqFloor + Clone>(
-    args: &Args,
-    redis: &str,
-    node: &NodeId,
-    floor: F,
-    hub: &Arc<Hub>,
-) -> Result<Cluster<F>, Box<dyn std::error::Error>> {
-    use messenger_fanout::presence::redis::{RedisPresence, RedisPresenceConfig};
-    use messenger_sequencer::redis::RedisSequencer;
-
-    let urls: Vec<String> = redis
-        .split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let sequencer = match urls.as_slice() {
-        [] => return Err("--redis needs at least one URL".into()),
-        [url] => {
-            let client =
-                redis::Client::open(url.as_str()).map_err(|err| format!("--redis {url}: {err}"))?;
-            let connection = redis::aio::ConnectionManager::new(client)
-                .await
-                .map_err(|err| format!("cannot connect to Redis at {url}: {err}"))?;
-            AnySequencer::Redis(RedisSequencer::new(connection, floor))
-        }
-        urls => {
-            let connection = redis::cluster::ClusterClient::new(urls.to_vec())
-                .map_err(|err| format!("--redis {redis}: {err}"))?
-                .get_async_connection()
-                .await
-                .map_err(|err| format!("cannot connect to Redis Cluster at {redis}: {err}"))?;
-            AnySequencer::RedisCluster(RedisSequencer::new(connection, floor))
-        }
-    };
-    let presence_config = RedisPresenceConfig::new(urls, Arc::clone(node))
-        .with_lease(Duration::from_millis(args.lease_ms));
-    let presence = AnyPresence::Redis(Presence::new(
-        RedisPresence::connect(presence_config)
-            .await
-            .map_err(|err| format!("cannot start the Redis presence registry: {err}"))?,
-    ));
-    tracing::info!(node = %node, "redis sequencer and presence");
-    let (fanout, events) = match &args.kafka {
-        None => {
-            tracing::warn!(
-                "--redis without --kafka: events reach only this node's connections; run one \
-                 node, or give every node --kafka"
-            );
-            (AnyFanout::Local(LocalFanout::new(Arc::clone(hub))), None)
-        }
-        Some(brokers) => kafka(args, brokers, node, hub, &presence).await?,
-    };
-    Ok(Cluster {
-        sequencer: Arc::new(sequencer),
-        presence,
-        fanout: Arc::new(fanout),
-        events,
-    })
-}
-
-#[cfg(all(feature = "redis", not(feature = "kafka")))]
-async fn kafka(
-    _args: &Args,
-    _brokers: &str,
-    _node: &NodeId,
-    _hub: &Arc<Hub>,
-    _presence: &AnyPresence,
-) -> Result<(AnyFanout, Option<Arc<EventStream>>), Box<dyn std::error::Error>> {
-    Err("this build has no Kafka support: build with `cargo build --release -p reference-server --features kafka`".into())
-}
-
-#[cfg(all(feature = "redis", feature = "kafka"))]
-async fn kafka(
-    args: &Args,
-    brokers: &str,
-    node: &NodeId,
-    hub: &Arc<Hub>,
-    presence: &AnyPresence,
-) -> Result<(AnyFanout, Option<Arc<EventStream>>), Box<dyn std::error::Error>> {
-    use messenger_fanout::kafka::{KafkaEventSink, KafkaFanout, KafkaFanoutConfig};
-
-    let config = KafkaFanoutConfig::new(brokers, Arc::clone(node));
-    let fanout = KafkaFanout::start(config, Arc::clone(hub), presence.clone())
-        .await
-        .map_err(|err| format!("cannot start the Kafka fanout on {brokers}: {err}"))?;
-    let events = KafkaEventSink::new(brokers, &args.events_topic)
-        .await
-        .map_err(|err| format!("cannot start the Kafka event stream on {brokers}: {err}"))?;
-    tracing::info!(%brokers, topic = %args.events_topic, "kafka fanout and events");
-    Ok((
-        AnyFanout::Kafka(fanout),
-        Some(Arc::new(EventStream::Kafka(events))),
-    ))
-}
-
-/// `--media-store`: `local`, or `s3://...` with the `s3` feature.
+/// `--media-store`: `local` (under the media directory), or a URL for
+/// `media::storage_from_url` (`file:///PATH`, `s3://...` with the `s3` feature).
 fn media_storage(
     spec: &str,
     media_dir: &std::path::Path,
@@ -607,18 +530,11 @@ fn media_storage(
             format!("cannot use {} for media objects: {err}", objects.display()).into()
         });
     }
-    if spec.starts_with("s3://") {
-        #[cfg(feature = "s3")]
-        {
-            return media::s3_storage(spec)
-                .map_err(|err| format!("cannot use the S3 media store: {err}").into());
-        }
-        #[cfg(not(feature = "s3"))]
-        {
-            return Err("this build has no S3 support: build with `cargo build --release -p reference-server --features s3`".into());
-        }
+    if spec.starts_with("s3://") && !cfg!(feature = "s3") {
+        return Err("this build has no S3 support: build with `cargo build --release -p reference-server --features s3`".into());
     }
-    Err("--media-store must be `local` or an s3:// URL".into())
+    media::storage_from_url(spec)
+        .map_err(|err| format!("cannot use the media store {}: {err}", scheme(spec)).into())
 }
 
 /// Binds the listener, with SO_REUSEPORT when asked (Unix only).
@@ -639,33 +555,25 @@ fn listen(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::
     socket.listen(4096)
 }
 
-/// Completes on SIGINT or SIGTERM. The handlers are installed by this call, not when the
-/// future is first polled: a signal that comes before drains too (instead of killing the
-/// process).
-fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let terminate = signal(SignalKind::terminate());
-        let interrupt = signal(SignalKind::interrupt());
-        async move {
-            match (terminate, interrupt) {
-                (Ok(mut terminate), Ok(mut interrupt)) => {
-                    tokio::select! {
-                        _ = terminate.recv() => {}
-                        _ = interrupt.recv() => {}
-                    }
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
                 }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
         }
     }
     #[cfg(not(unix))]
     {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        let _ = interrupt.await;
     }
 }

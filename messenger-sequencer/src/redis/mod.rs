@@ -134,7 +134,7 @@ use error::RedisSequencerError;
 use crate::SequencerBackend;
 
 /// The backend name errors carry.
-const BACKEND: &str = "redis";
+pub(crate) const BACKEND: &str = "redis";
 
 /// How long a floor read waits for this process's increments in flight to land.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);

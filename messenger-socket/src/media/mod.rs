@@ -10,7 +10,8 @@
 //!
 //! Bytes are staged on local disk under [`MediaConfig::dir`] (resumable by offset), checked
 //! (size, type by magic bytes, SHA-256), then streamed into an [`ObjectStore`]: the local
-//! file system ([`local_storage`]) or S3 (`s3_storage`, feature `s3`).
+//! file system ([`local_storage`]), or the store a URL names ([`storage_from_url`]: `file://`,
+//! or `s3://` with the `s3` feature).
 //!
 //! ```no_run
 //! # async fn wire<B: messenger_socket::engine::Backends>(engine: messenger_socket::engine::Engine<B>) -> Result<(), Box<dyn std::error::Error>> {
@@ -33,9 +34,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get};
 
-#[cfg(feature = "s3")]
-pub use crate::engine::media::s3_storage;
-pub use crate::engine::media::{MediaConfig, ObjectStore, local_storage, run_sweeper};
+pub use crate::engine::media::{
+    MediaConfig, ObjectStore, local_storage, run_sweeper, storage_from_url,
+};
 use crate::engine::{Backends, Engine};
 
 /// The HTTP routes of media, to merge into the server's router:
@@ -60,4 +61,56 @@ pub fn router<B: Backends>(engine: &Engine<B>) -> Router {
             get(download::handle::<B>),
         )
         .with_state(engine.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::ObjectStoreExt as _;
+    use object_store::path::Path as ObjectPath;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_url_is_a_local_store_in_that_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("objects/nested");
+        let url = url::Url::from_directory_path(&root).unwrap();
+        let storage = storage_from_url(url.as_str()).unwrap();
+        storage
+            .put(&ObjectPath::from("media/a/1"), b"bytes".to_vec().into())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(root.join("media/a/1")).unwrap(), b"bytes");
+    }
+
+    #[test]
+    fn other_urls_are_invalid_input() {
+        for url in [
+            "local",
+            "file:///tmp/objects?durability=relaxed",
+            "memory:///",
+            "gs://bucket",
+            "https://example.com/objects",
+            #[cfg(not(feature = "s3"))]
+            "s3://bucket",
+            #[cfg(feature = "s3")]
+            "s3://bucket?endpoint=http://127.0.0.1:9010&colour=blue",
+        ] {
+            let err = storage_from_url(url).expect_err(url);
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{url}: {err}");
+        }
+    }
+
+    /// The documented form builds a client (no request is sent yet), with the prefix applied.
+    #[cfg(feature = "s3")]
+    #[test]
+    fn an_s3_url_with_endpoint_and_region_builds_a_client() {
+        let plain =
+            storage_from_url("s3://media?endpoint=http://127.0.0.1:9010&region=us-east-1").unwrap();
+        assert!(plain.to_string().contains("media"), "{plain}");
+        let prefixed =
+            storage_from_url("s3://media/chat?endpoint=http://127.0.0.1:9010&region=us-east-1")
+                .unwrap();
+        assert!(prefixed.to_string().contains("chat"), "{prefixed}");
+    }
 }

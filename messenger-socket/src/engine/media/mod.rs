@@ -88,41 +88,95 @@ pub fn local_storage(dir: impl AsRef<Path>) -> std::io::Result<Arc<dyn ObjectSto
     Ok(Arc::new(store))
 }
 
-/// An S3-compatible object store for `url`: `s3://BUCKET?endpoint=http://HOST:PORT&region=R`
-/// (credentials from the usual `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` variables;
-/// `endpoint` and `region` optional, for S3-compatible servers).
+/// The object store `url` names (as object_store's `parse_url`, which it uses):
+///
+/// - `file:///PATH`: the local file system under the absolute `PATH` (created if missing),
+///   as [`local_storage`];
+/// - `s3://BUCKET[/PREFIX][?KEY=VALUE&...]` (feature `s3`): S3 or an S3-compatible server,
+///   objects under `PREFIX` when given. Settings come from the usual `AWS_*` variables
+///   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`...), then
+///   from the query, whose keys are `object_store`'s S3 option names with or without their
+///   `aws_` prefix: `endpoint=http://HOST:PORT` (an `http://` endpoint allows plain HTTP),
+///   `region=R`, `skip_signature=true`... For example
+///   `s3://media?endpoint=http://127.0.0.1:9010&region=us-east-1`.
 ///
 /// # Errors
-/// When the URL is not of that form or the client cannot be built.
-#[cfg(feature = "s3")]
-pub fn s3_storage(url: &str) -> std::io::Result<Arc<dyn ObjectStore>> {
-    use object_store::aws::AmazonS3Builder;
-    let rest = url
-        .strip_prefix("s3://")
-        .ok_or_else(|| std::io::Error::other("an S3 URL starts with s3://"))?;
-    let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let bucket = bucket.trim_end_matches('/');
-    if bucket.is_empty() {
-        return Err(std::io::Error::other("the S3 URL names no bucket"));
-    }
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        builder = match name {
-            "endpoint" => builder
-                .with_endpoint(value)
-                .with_allow_http(value.starts_with("http://"))
-                .with_virtual_hosted_style_request(false),
-            "region" => builder.with_region(value),
-            other => {
-                return Err(std::io::Error::other(format!(
-                    "unknown S3 URL parameter {other:?} (endpoint, region)"
-                )));
+/// `InvalidInput` when `url` is not a URL, names another kind of store, has an unknown query
+/// key, or is `s3://` in a build without the `s3` feature; otherwise what creating the
+/// directory or building the client returns.
+pub fn storage_from_url(url: &str) -> std::io::Result<Arc<dyn ObjectStore>> {
+    use object_store::ObjectStoreScheme;
+
+    let parsed = url::Url::parse(url)
+        .map_err(|err| invalid_input(format!("{url:?} is not an object store URL: {err}")))?;
+    let (scheme, prefix) =
+        ObjectStoreScheme::parse(&parsed).map_err(|err| invalid_input(err.to_string()))?;
+    match (scheme, parsed.scheme()) {
+        (ObjectStoreScheme::Local, _) => {
+            if parsed.query().is_some() {
+                return Err(invalid_input("a file:// object store URL takes no options"));
             }
-        };
+            let dir = parsed
+                .to_file_path()
+                .map_err(|()| invalid_input(format!("{url:?} names no local directory")))?;
+            local_storage(dir)
+        }
+        (ObjectStoreScheme::AmazonS3, "s3") => s3_storage(&parsed, prefix),
+        _ => Err(invalid_input(format!(
+            "{url:?}: media objects go to file:///PATH or s3://BUCKET"
+        ))),
     }
-    let store = builder.build().map_err(std::io::Error::other)?;
-    Ok(Arc::new(store))
+}
+
+fn invalid_input(message: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, message.into())
+}
+
+/// `s3://BUCKET[/PREFIX][?KEY=VALUE&...]` through `object_store::parse_url_opts`.
+#[cfg(feature = "s3")]
+fn s3_storage(
+    url: &url::Url,
+    prefix: object_store::path::Path,
+) -> std::io::Result<Arc<dyn ObjectStore>> {
+    use object_store::aws::AmazonS3ConfigKey;
+
+    // What `AmazonS3Builder::from_env` reads, then the URL's options over it.
+    let mut options: Vec<(String, String)> = std::env::vars()
+        .filter(|(key, _)| key.starts_with("AWS_"))
+        .collect();
+    for (key, value) in url.query_pairs() {
+        let known = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>();
+        if known.is_err() {
+            return Err(invalid_input(format!(
+                "unknown S3 URL parameter {key:?} (endpoint, region, or another object_store S3 option)"
+            )));
+        }
+        if matches!(known, Ok(AmazonS3ConfigKey::Endpoint)) && value.starts_with("http://") {
+            options.push(("aws_allow_http".to_owned(), "true".to_owned()));
+        }
+        options.push((key.into_owned(), value.into_owned()));
+    }
+    let mut bucket = url.clone();
+    bucket.set_query(None);
+    let (store, _) =
+        object_store::parse_url_opts(&bucket, options).map_err(std::io::Error::other)?;
+    if prefix.as_ref().is_empty() {
+        Ok(Arc::from(store))
+    } else {
+        Ok(Arc::new(object_store::prefix::PrefixStore::new(
+            store, prefix,
+        )))
+    }
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3_storage(
+    _url: &url::Url,
+    _prefix: object_store::path::Path,
+) -> std::io::Result<Arc<dyn ObjectStore>> {
+    Err(invalid_input(
+        "s3:// media stores need the `s3` feature of messenger-socket, which this build lacks",
+    ))
 }
 
 /// The media side of a node: config, ticket signer, storage, journal, uploads in progress.
