@@ -65,18 +65,26 @@ async fn redis<F: SeqFloor>(urls: &[&str], floor: F) -> Result<DynSequencer, Err
             .with_backend(BACKEND)
             .with_source(err)
     };
+    // TCP_NODELAY: the redis crate leaves Nagle's algorithm on, and an INCR written while the
+    // previous reply's ACK is delayed would wait up to ~40 ms (Nagle meeting delayed ACKs).
+    let tcp = ::redis::io::tcp::TcpSettings::default().set_nodelay(true);
     if let [url] = urls {
-        let client = ::redis::Client::open(*url).map_err(|err| {
-            invalid("a malformed Redis URL")
-                .with_backend(BACKEND)
-                .with_source(err)
-        })?;
+        let client = ::redis::IntoConnectionInfo::into_connection_info(*url)
+            .map(|info| info.set_tcp_settings(tcp))
+            .and_then(::redis::Client::open)
+            .map_err(|err| {
+                invalid("a malformed Redis URL")
+                    .with_backend(BACKEND)
+                    .with_source(err)
+            })?;
         let connection = ::redis::aio::ConnectionManager::new(client)
             .await
             .map_err(|err| unavailable("cannot connect to Redis".to_owned(), err))?;
         return Ok(Sequencer::new_dyn(RedisSequencer::new(connection, floor)));
     }
-    let connection = ::redis::cluster::ClusterClient::new(urls.to_vec())
+    let connection = ::redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+        .tcp_settings(tcp)
+        .build()
         .map_err(|err| {
             invalid("malformed Redis Cluster URLs")
                 .with_backend(BACKEND)
