@@ -42,3 +42,12 @@ pub use model::{
     Member, Message, ReceiptKind, Receipts, Role,
 };
 pub use service::{Handles, Operation, call};
+
+/// The guides under `docs/`, as rustdoc pages: their Rust code blocks are compiled and run by
+/// `cargo test --doc`, so they cannot drift from the API.
+pub mod docs {
+    #[doc = include_str!("../../docs/protocol.md")]
+    pub mod protocol {}
+    #[doc = include_str!("../../docs/events.md")]
+    pub mod events {}
+}

@@ -136,3 +136,10 @@ impl<B> Clone for Fanout<B> {
 }
 
 messenger_core::forward_service!(Fanout<B: FanoutBackend>, Deliver => deliver);
+
+/// The guides under `docs/`, as rustdoc pages: their Rust code blocks are compiled and run by
+/// `cargo test --doc`, so they cannot drift from the API.
+pub mod docs {
+    #[doc = include_str!("../../docs/presence.md")]
+    pub mod presence {}
+}

@@ -90,3 +90,14 @@ pub use connection::serve_connection;
 pub use engine::{Backends, Engine, EngineConfig, EventSink, Services};
 #[cfg(feature = "server")]
 pub use server::{Server, ServerConfig};
+
+/// The guides under `docs/`, as rustdoc pages: their Rust code blocks are compiled and run by
+/// `cargo test --doc`, so they cannot drift from the API.
+pub mod docs {
+    #[doc = include_str!("../../docs/architecture.md")]
+    pub mod architecture {}
+    #[doc = include_str!("../../docs/media.md")]
+    pub mod media {}
+    #[doc = include_str!("../../docs/operations.md")]
+    pub mod operations {}
+}

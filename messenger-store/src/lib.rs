@@ -307,3 +307,10 @@ mod tests {
         assert_store_service::<Store<scylla::ScyllaStore>>();
     }
 }
+
+/// The guides under `docs/`, as rustdoc pages: their Rust code blocks are compiled and run by
+/// `cargo test --doc`, so they cannot drift from the API.
+pub mod docs {
+    #[doc = include_str!("../../docs/store.md")]
+    pub mod store {}
+}

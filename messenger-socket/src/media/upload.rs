@@ -271,6 +271,18 @@ impl RequestBody {
                 return response;
             }
         }
+        if !waiting_to_send {
+            // A lingering close: the client may still be sending. Closing now with its bytes
+            // unread makes the kernel answer with a reset, which can destroy the response
+            // before the client reads it; reading (and discarding) the rest for a while lets
+            // it see the answer and stop. The connection closes when this ends.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(DRAIN_TIME, async {
+                    while self.next().await.is_some() {}
+                })
+                .await;
+            });
+        }
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
