@@ -61,6 +61,7 @@ pub mod auth;
 #[cfg(feature = "client")]
 pub mod client;
 mod connection;
+mod holes;
 pub mod hub;
 mod io;
 mod last_seen;

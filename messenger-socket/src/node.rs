@@ -527,6 +527,9 @@ impl<B: Backends> Node<B> {
                     let seq = call(self.services().sequencer(), NextSeq { conversation }).await?;
                     let mut retry = (*message).clone();
                     retry.seq = seq;
+                    // Just after the allocation, as for the first seq: readers judge the holes
+                    // below an entry by its `sent_at` (see `holes`).
+                    retry.sent_at = Timestamp::now();
                     message = Arc::new(retry);
                 }
                 Err(err) => {
