@@ -45,6 +45,8 @@ pub use service::{Handles, Operation, call};
 
 /// The guides under `docs/`, as rustdoc pages: their Rust code blocks are compiled and run by
 /// `cargo test --doc`, so they cannot drift from the API.
+// Markdown written for people, not for clippy's doc style.
+#[allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
 pub mod docs {
     #[doc = include_str!("../../docs/protocol.md")]
     pub mod protocol {}

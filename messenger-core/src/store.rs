@@ -64,6 +64,77 @@ impl Operation for VoidSeq {
     const NAME: &'static str = "void_seq";
 }
 
+/// Stores a void entry at every seq in `after < seq <= until` that holds nothing, in one
+/// write, and returns the page of that range as stored afterwards: every seq of it present,
+/// ascending (voids and the entries that were there).
+///
+/// The range form of [`VoidSeq`], for readers that found several holes at once (a node that
+/// crashed with sends in flight leaves a run of them): one round trip resolves them all.
+///
+/// - Conditional per seq like [`VoidSeq`]: an entry already stored wins and is returned; a
+///   writer arriving later at a voided seq gets `Conflict` and re-sequences.
+/// - Only holes are voided: `until` is lowered to the conversation's head (a seq above the
+///   head has no stored entry after it, so it is no hole yet), and the page's `head` is the
+///   head after the write.
+/// - A range with `until <= after` (or an empty conversation) writes nothing and answers an
+///   empty page.
+///
+/// Voids written here carry the time of the write as `sent_at`.
+///
+/// # Errors
+/// `InvalidRequest` when the range spans more than [`VoidHoles::MAX_SPAN`] seqs.
+///
+/// # Cancellation safety
+/// As [`VoidSeq`]: the write may still land (in whole or, on a backend without multi-row
+/// transactions, in part); sending the same request again is always safe.
+#[derive(Debug, Clone)]
+pub struct VoidHoles {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Exclusive lower bound: the last seq the reader holds.
+    pub after: Seq,
+    /// Inclusive upper bound (lowered to the head).
+    pub until: Seq,
+}
+
+impl VoidHoles {
+    /// The most seqs one request may span (`until - after`), which bounds the write and the
+    /// page it answers.
+    pub const MAX_SPAN: u64 = 4096;
+
+    /// Checks the span: backends call it before writing anything.
+    ///
+    /// # Errors
+    /// `InvalidRequest` when the range spans more than [`VoidHoles::MAX_SPAN`] seqs.
+    pub fn check_span(&self) -> Result<(), crate::Error> {
+        let span = self.until.get().saturating_sub(self.after.get());
+        if span > Self::MAX_SPAN {
+            return Err(crate::Error::new(
+                crate::ErrorKind::InvalidRequest,
+                format!(
+                    "void_holes spans {span} seqs ({}..={}), at most {} allowed",
+                    self.after.next(),
+                    self.until,
+                    Self::MAX_SPAN
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The seqs the request covers once `until` is lowered to `head`, first and last
+    /// inclusive: `None` when that range is empty.
+    pub fn covered(&self, head: Seq) -> Option<(Seq, Seq)> {
+        let until = self.until.min(head);
+        (until > self.after).then_some((self.after.next(), until))
+    }
+}
+
+impl Operation for VoidHoles {
+    type Response = MessagePage;
+    const NAME: &'static str = "void_holes";
+}
+
 /// Looks up an entry by its sender's idempotency key.
 #[derive(Debug, Clone)]
 pub struct FindMessage {
@@ -315,6 +386,7 @@ impl Operation for SetMediaStatus {
 pub trait StoreService:
     Handles<AppendMessage>
     + Handles<VoidSeq>
+    + Handles<VoidHoles>
     + Handles<FindMessage>
     + Handles<ReadRange>
     + Handles<ReadBefore>
@@ -333,6 +405,7 @@ pub trait StoreService:
 impl<S> StoreService for S where
     S: Handles<AppendMessage>
         + Handles<VoidSeq>
+        + Handles<VoidHoles>
         + Handles<FindMessage>
         + Handles<ReadRange>
         + Handles<ReadBefore>

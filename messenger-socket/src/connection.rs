@@ -17,7 +17,7 @@ use messenger_core::presence::{RegisterDevice, UnregisterDevice};
 use messenger_core::protocol::{
     ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame, close, decode_client_frame,
 };
-use messenger_core::store::{MessagePage, ReadRange, UserConversations, VoidSeq};
+use messenger_core::store::{MessagePage, ReadRange, UserConversations};
 use messenger_core::{
     Body, ClientMsgId, ConversationId, ConversationSummary, DomainEvent, Error, ErrorKind, Message,
     ReceiptKind, RequestId, Role, Seq, Timestamp, UserId, call,
@@ -420,6 +420,9 @@ struct Track {
     retry_at: Option<Instant>,
     /// When `delivered + 1` was first seen missing.
     missing_since: Option<Instant>,
+    /// The highest seq known when `missing_since` was set: a hole at or below it has been
+    /// missing at least since then.
+    missing_upto: Seq,
 }
 
 impl Track {
@@ -431,6 +434,7 @@ impl Track {
             fetching: false,
             retry_at: None,
             missing_since: None,
+            missing_upto: Seq::ZERO,
         }
     }
 }
@@ -802,6 +806,7 @@ impl<B: Backends> Connection<B> {
             // per connection of a large group for every reordering.
             let now = Instant::now();
             track.missing_since = Some(now);
+            track.missing_upto = message.seq;
             track.retry_at = Some(now + HOLE_RETRY);
         }
         track.known_head = track.known_head.max(message.seq);
@@ -858,7 +863,11 @@ impl<B: Backends> Connection<B> {
         let delivered = track.delivered;
         if track.delivered < track.known_head && !track.fetching {
             let now = Instant::now();
-            let missing_since = *track.missing_since.get_or_insert(now);
+            if track.missing_since.is_none() {
+                track.missing_since = Some(now);
+                track.missing_upto = track.known_head;
+            }
+            let missing_since = track.missing_since.unwrap_or(now);
             match track.retry_at {
                 Some(at) if at > now => {
                     self.hole_deadline = Some(self.hole_deadline.map_or(at, |d| d.min(at)));
@@ -869,34 +878,24 @@ impl<B: Backends> Connection<B> {
                     let conversation = conversation.clone();
                     let until = track.known_head;
                     let limit = sync_page;
-                    let void = now.duration_since(missing_since) >= void_after;
+                    // Watched for `void_after`: what was known missing then is dead.
+                    let overdue = if now.duration_since(missing_since) >= void_after {
+                        track.missing_upto
+                    } else {
+                        Seq::ZERO
+                    };
                     self.spawn_task(Box::pin(async move {
-                        let result = if void {
-                            // Missing too long: store it as void (or get what landed).
-                            call(
-                                &store,
-                                VoidSeq {
-                                    conversation: conversation.clone(),
-                                    seq: delivered.next(),
-                                },
-                            )
-                            .await
-                            .map(|message| MessagePage {
-                                head: message.seq,
-                                messages: vec![message],
-                            })
-                        } else {
-                            call(
-                                &store,
-                                ReadRange {
-                                    conversation: conversation.clone(),
-                                    after: delivered,
-                                    until: Some(until),
-                                    limit,
-                                },
-                            )
-                            .await
+                        // Dead holes come back as voids, all of them in one store write.
+                        let range = ReadRange {
+                            conversation: conversation.clone(),
+                            after: delivered,
+                            until: Some(until),
+                            limit,
                         };
+                        let result =
+                            crate::engine::holes::read_after(&store, range, void_after, overdue)
+                                .await
+                                .map(MessagePage::from);
                         Done::Fetched(conversation, result)
                     }));
                 }

@@ -93,6 +93,8 @@ pub use server::{Server, ServerConfig};
 
 /// The guides under `docs/`, as rustdoc pages: their Rust code blocks are compiled and run by
 /// `cargo test --doc`, so they cannot drift from the API.
+// Markdown written for people, not for clippy's doc style.
+#[allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
 pub mod docs {
     #[doc = include_str!("../../docs/architecture.md")]
     pub mod architecture {}

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use messenger_core::store::{
     AppendMessage, Appended, CreateConversation, FindMessage, GetConversation, GetHead,
     GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore, ReadRange, SetLastSeen,
-    SetMediaStatus, StoreService, UpdateReceipt, UserConversations, VoidSeq,
+    SetMediaStatus, StoreService, UpdateReceipt, UserConversations, VoidHoles, VoidSeq,
 };
 use messenger_core::{
     Body, ClientMsgId, Conversation, ConversationId, ConversationKind, DeviceId, Error, ErrorKind,
@@ -41,6 +41,8 @@ pub async fn run_all<S: StoreService>(store: &S) {
     conflicting_append_is_refused(store).await;
     retried_append_returns_the_original_and_voids_the_new_seq(store).await;
     void_seq_fills_a_hole_and_keeps_entries(store).await;
+    void_holes_fills_every_hole_of_a_range(store).await;
+    void_holes_races_writers(store).await;
     concurrent_appends_keep_every_message(store).await;
     membership_follows_the_log(store).await;
     ownership_transfer_demotes_the_previous_owner(store).await;
@@ -578,6 +580,149 @@ pub async fn void_seq_fills_a_hole_and_keeps_entries<S: StoreService>(store: &S)
     .await
     .expect("void_seq");
     assert_eq!(head(store, &chat).await, Seq(5));
+}
+
+async fn void_holes<S: StoreService>(
+    store: &S,
+    conversation: &ConversationId,
+    after: u64,
+    until: u64,
+) -> Result<MessagePage, Error> {
+    call(
+        store,
+        VoidHoles {
+            conversation: conversation.clone(),
+            after: Seq(after),
+            until: Seq(until),
+        },
+    )
+    .await
+}
+
+/// `VoidHoles` voids every free seq of a range in one request and answers the whole range;
+/// stored entries win, later writers get `Conflict`, nothing above the head is voided.
+pub async fn void_holes_fills_every_hole_of_a_range<S: StoreService>(store: &S) {
+    let alice = user("alice");
+    let chat = group_id();
+    append_texts(store, &chat, &alice, [1, 3, 4, 7, 10]).await;
+
+    let page = void_holes(store, &chat, 1, 8).await.expect("void_holes");
+    assert_eq!(seqs(&page), [2, 3, 4, 5, 6, 7, 8], "every seq of the range");
+    assert_eq!(page.head, Seq(10));
+    for message in &page.messages {
+        let stored = [3, 4, 7].contains(&message.seq.get());
+        assert_eq!(
+            message.is_void(),
+            !stored,
+            "seq {}: entries are kept, holes become voids",
+            message.seq
+        );
+        assert_eq!(message.conversation, chat);
+        if stored {
+            assert_eq!(
+                message.client_msg_id,
+                key(&format!("m{}", message.seq)),
+                "the stored entry itself"
+            );
+        }
+    }
+    // What was answered is what is stored.
+    let log = read_range(store, &chat, 0, None, 20).await;
+    assert_eq!(seqs(&log), [1, 2, 3, 4, 5, 6, 7, 8, 10]);
+    assert_eq!(
+        log.messages[1..8]
+            .iter()
+            .map(|message| (message.seq, message.is_void()))
+            .collect::<Vec<_>>(),
+        page.messages
+            .iter()
+            .map(|message| (message.seq, message.is_void()))
+            .collect::<Vec<_>>()
+    );
+
+    // A writer arriving later at a voided seq is refused.
+    let late = text(&chat, 5, &alice, "late");
+    let err = try_append(store, &late).await.expect_err("seq 5 is void");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+
+    // Again: nothing changes.
+    let again = void_holes(store, &chat, 1, 8).await.expect("void_holes");
+    assert_eq!(seqs(&again), seqs(&page));
+
+    // The range is lowered to the head: seq 11 is no hole, it has no entry after it.
+    let top = void_holes(store, &chat, 8, 15).await.expect("void_holes");
+    assert_eq!(seqs(&top), [9, 10]);
+    assert!(top.messages[0].is_void());
+    assert!(!top.messages[1].is_void());
+    assert_eq!(top.head, Seq(10));
+    assert_eq!(head(store, &chat).await, Seq(10), "the head did not move");
+
+    // Empty ranges write nothing.
+    let above = void_holes(store, &chat, 10, 15).await.expect("void_holes");
+    assert!(above.messages.is_empty());
+    assert_eq!(above.head, Seq(10));
+    let backwards = void_holes(store, &chat, 6, 3).await.expect("void_holes");
+    assert!(backwards.messages.is_empty());
+    let unknown = void_holes(store, &group_id(), 0, 5)
+        .await
+        .expect("void_holes");
+    assert!(unknown.messages.is_empty());
+    assert_eq!(unknown.head, Seq::ZERO);
+    assert_eq!(
+        seqs(&read_range(store, &chat, 0, None, 20).await),
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    );
+
+    // A range wider than the span allowed is refused before anything is written.
+    let err = void_holes(store, &chat, 0, VoidHoles::MAX_SPAN + 1)
+        .await
+        .expect_err("too wide");
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+}
+
+/// Writers appending into a range while it is voided: every seq ends up holding exactly one
+/// entry, and an append either succeeded (its entry is there) or got `Conflict` (a void is).
+pub async fn void_holes_races_writers<S: StoreService>(store: &S) {
+    const SPAN: u64 = 64;
+    let alice = user("alice");
+    let chat = group_id();
+    append(store, &text(&chat, SPAN + 1, &alice, "top")).await;
+    let mut writers = tokio::task::JoinSet::new();
+    for seq in (1..=SPAN).step_by(2) {
+        let store = store.clone();
+        let chat = chat.clone();
+        let alice = alice.clone();
+        writers.spawn(async move {
+            let message = text(&chat, seq, &alice, &format!("w{seq}"));
+            (seq, try_append(&store, &message).await)
+        });
+    }
+    let voided = void_holes(store, &chat, 0, SPAN).await.expect("void_holes");
+    assert_eq!(seqs(&voided), (1..=SPAN).collect::<Vec<_>>());
+    let mut outcomes = Vec::new();
+    while let Some(joined) = writers.join_next().await {
+        outcomes.push(joined.expect("writer task"));
+    }
+    let log = read_range(store, &chat, 0, None, 200).await;
+    assert_eq!(seqs(&log), (1..=SPAN + 1).collect::<Vec<_>>());
+    for (seq, outcome) in outcomes {
+        let stored = &log.messages[usize::try_from(seq - 1).expect("small")];
+        match outcome {
+            Ok(appended) => {
+                assert!(!appended.duplicate);
+                assert_eq!(&**stored, &*appended.message, "seq {seq} keeps its append");
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), ErrorKind::Conflict, "seq {seq}: {err}");
+                assert!(stored.is_void(), "seq {seq} was refused, so it is void");
+            }
+        }
+    }
+    // What `VoidHoles` answered matches the log wherever it answered an entry.
+    for message in &voided.messages {
+        let stored = &log.messages[usize::try_from(message.seq.get() - 1).expect("small")];
+        assert_eq!(stored.is_void(), message.is_void(), "seq {}", message.seq);
+    }
 }
 
 /// Many writers at once: every acknowledged entry is stored once; of several writers racing

@@ -12,7 +12,7 @@ use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
     GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
     ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
-    VoidSeq,
+    VoidHoles, VoidSeq,
 };
 use messenger_core::{ConversationSummary, Error, Message, Receipts, Seq, Timestamp, UserId};
 
@@ -33,6 +33,8 @@ pub trait DynStoreBackend: Send + Sync + 'static {
 
     /// [`StoreBackend::void_seq`], boxed.
     fn void_seq_dyn(&self, request: VoidSeq) -> BoxFuture<'_, Arc<Message>>;
+    /// [`StoreBackend::void_holes`], boxed.
+    fn void_holes_dyn(&self, request: VoidHoles) -> BoxFuture<'_, MessagePage>;
 
     /// [`StoreBackend::find_message`], boxed.
     fn find_message_dyn(&self, request: FindMessage) -> BoxFuture<'_, Option<Arc<Message>>>;
@@ -88,6 +90,10 @@ impl<B: StoreBackend> DynStoreBackend for B {
 
     fn void_seq_dyn(&self, request: VoidSeq) -> BoxFuture<'_, Arc<Message>> {
         Box::pin(self.void_seq(request))
+    }
+
+    fn void_holes_dyn(&self, request: VoidHoles) -> BoxFuture<'_, MessagePage> {
+        Box::pin(self.void_holes(request))
     }
 
     fn find_message_dyn(&self, request: FindMessage) -> BoxFuture<'_, Option<Arc<Message>>> {
@@ -174,6 +180,13 @@ impl StoreBackend for Arc<dyn DynStoreBackend> {
         request: VoidSeq,
     ) -> impl Future<Output = Result<Arc<Message>, Error>> + Send {
         self.as_ref().void_seq_dyn(request)
+    }
+
+    fn void_holes(
+        &self,
+        request: VoidHoles,
+    ) -> impl Future<Output = Result<MessagePage, Error>> + Send {
+        self.as_ref().void_holes_dyn(request)
     }
 
     fn find_message(

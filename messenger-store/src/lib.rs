@@ -64,7 +64,7 @@ use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
     GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
     ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
-    VoidSeq,
+    VoidHoles, VoidSeq,
 };
 use messenger_core::{
     ConversationId, ConversationSummary, Error, Message, Receipts, Seq, Timestamp, UserId,
@@ -113,6 +113,17 @@ pub trait StoreBackend: Send + Sync + 'static {
         &self,
         request: VoidSeq,
     ) -> impl Future<Output = Result<Arc<Message>, Error>> + Send;
+
+    /// Stores a void at every free seq of a range, in one write, and returns the range as
+    /// stored ([`VoidHoles`]).
+    ///
+    /// # Errors
+    /// `InvalidRequest` when the range spans more than [`VoidHoles::MAX_SPAN`] seqs;
+    /// `Unavailable` when the storage cannot be written.
+    fn void_holes(
+        &self,
+        request: VoidHoles,
+    ) -> impl Future<Output = Result<MessagePage, Error>> + Send;
 
     /// Looks an entry up by its idempotency key ([`FindMessage`]).
     ///
@@ -267,6 +278,7 @@ impl<B: fmt::Debug> fmt::Debug for Store<B> {
 
 messenger_core::forward_service!(Store<B: StoreBackend>, AppendMessage => append);
 messenger_core::forward_service!(Store<B: StoreBackend>, VoidSeq => void_seq);
+messenger_core::forward_service!(Store<B: StoreBackend>, VoidHoles => void_holes);
 messenger_core::forward_service!(Store<B: StoreBackend>, FindMessage => find_message);
 messenger_core::forward_service!(Store<B: StoreBackend>, ReadRange => read_range);
 messenger_core::forward_service!(Store<B: StoreBackend>, ReadBefore => read_before);
@@ -310,6 +322,8 @@ mod tests {
 
 /// The guides under `docs/`, as rustdoc pages: their Rust code blocks are compiled and run by
 /// `cargo test --doc`, so they cannot drift from the API.
+// Markdown written for people, not for clippy's doc style.
+#[allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
 pub mod docs {
     #[doc = include_str!("../../docs/store.md")]
     pub mod store {}

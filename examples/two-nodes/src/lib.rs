@@ -13,7 +13,6 @@
 //! sequencer, shared in this process; across machines: MySQL or ScyllaDB and Redis).
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -52,9 +51,15 @@ pub struct LinkedPresence {
     state: Arc<PresenceState>,
 }
 
+/// A user's connected devices: (device, node, connection).
+type Devices = HashMap<UserId, Vec<(DeviceId, NodeId, u64)>>;
+
+/// What travels between nodes: the recipients and the event.
+type Envelope = (Arc<[UserId]>, Event);
+
 #[derive(Debug)]
 struct PresenceState {
-    devices: Mutex<HashMap<UserId, Vec<(DeviceId, NodeId, u64)>>>,
+    devices: Mutex<Devices>,
     changes: broadcast::Sender<PresenceChange>,
 }
 
@@ -70,7 +75,7 @@ impl Default for LinkedPresence {
 }
 
 impl LinkedPresence {
-    fn devices(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<(DeviceId, NodeId, u64)>>> {
+    fn devices(&self) -> std::sync::MutexGuard<'_, Devices> {
         self.state
             .devices
             .lock()
@@ -162,13 +167,13 @@ impl PresenceBackend for LinkedPresence {
 /// The transport between nodes: one channel per node, carrying (recipients, event).
 #[derive(Debug, Default)]
 pub struct Link {
-    nodes: Mutex<HashMap<NodeId, mpsc::UnboundedSender<(Arc<[UserId]>, Event)>>>,
+    nodes: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Envelope>>>,
 }
 
 impl Link {
     /// Attaches `node`'s hub: envelopes sent to `node` are handed to its connections.
     fn attach(&self, node: NodeId, hub: Arc<Hub>) {
-        let (sender, mut envelopes) = mpsc::unbounded_channel::<(Arc<[UserId]>, Event)>();
+        let (sender, mut envelopes) = mpsc::unbounded_channel::<Envelope>();
         tokio::spawn(async move {
             while let Some((recipients, event)) = envelopes.recv().await {
                 hub.deliver_local(&recipients, &event);
@@ -199,36 +204,31 @@ pub struct LinkedFanout {
 }
 
 impl FanoutBackend for LinkedFanout {
-    fn deliver(
-        &self,
-        request: Deliver,
-    ) -> impl Future<Output = Result<DeliveryReport, Error>> + Send {
-        async move {
-            let Deliver { recipients, event } = request;
-            let local_connections = self.hub.deliver_local(&recipients, &event);
-            let online = call(
-                &self.presence,
-                LookupPresence {
-                    users: recipients.to_vec(),
-                },
-            )
-            .await?;
-            let others: BTreeSet<NodeId> = online
-                .into_iter()
-                .map(|device| device.node)
-                .filter(|node| node != &self.node)
-                .collect();
-            let mut remote_nodes = 0;
-            for node in &others {
-                if self.link.send(node, Arc::clone(&recipients), event.clone()) {
-                    remote_nodes += 1;
-                }
+    async fn deliver(&self, request: Deliver) -> Result<DeliveryReport, Error> {
+        let Deliver { recipients, event } = request;
+        let local_connections = self.hub.deliver_local(&recipients, &event);
+        let online = call(
+            &self.presence,
+            LookupPresence {
+                users: recipients.to_vec(),
+            },
+        )
+        .await?;
+        let others: BTreeSet<NodeId> = online
+            .into_iter()
+            .map(|device| device.node)
+            .filter(|node| node != &self.node)
+            .collect();
+        let mut remote_nodes = 0;
+        for node in &others {
+            if self.link.send(node, Arc::clone(&recipients), event.clone()) {
+                remote_nodes += 1;
             }
-            Ok(DeliveryReport {
-                local_connections,
-                remote_nodes,
-            })
         }
+        Ok(DeliveryReport {
+            local_connections,
+            remote_nodes,
+        })
     }
 }
 

@@ -58,6 +58,7 @@
 //! clients see only its code and generic words ([`Error::client_message`]). See `docs/architecture.md` for the one send pipeline and which tower layers
 //! fit these services.
 
+pub(crate) mod holes;
 pub mod layer;
 pub(crate) mod media;
 mod membership;
@@ -180,7 +181,9 @@ pub struct EngineConfig {
     /// Sends queued per connection waiting for their seq; when full, the connection is read
     /// more slowly (backpressure). Default: 256.
     pub send_queue: usize,
-    /// How long a missing seq may stay missing before it is stored as void. Default: 2 s.
+    /// How long a hole (a seq missing below a stored one) may stay missing before readers
+    /// store it as void, counted from the `sent_at` of the entry stored after it or from when
+    /// the reader saw it missing; all the holes of a page resolve together. Default: 2 s.
     pub void_after: Duration,
     /// How long cached member lists are trusted. Default: 2 s. Changes made through this node
     /// invalidate them at once.

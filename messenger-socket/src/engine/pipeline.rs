@@ -229,6 +229,9 @@ impl<B: Backends> Engine<B> {
                     .await?;
                     let mut retry = (*message).clone();
                     retry.seq = self.next_seq(&conversation).await?;
+                    // Just after the allocation, as for the first seq: readers judge the holes
+                    // below an entry by its `sent_at` (see `holes`).
+                    retry.sent_at = Timestamp::now();
                     message = Arc::new(retry);
                 }
                 Err(err) => {

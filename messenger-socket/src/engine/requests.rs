@@ -16,8 +16,7 @@ use messenger_core::presence::LookupPresence;
 use messenger_core::protocol::{ErrorCode, NewBody, UploadTicket, UserPresence};
 use messenger_core::service::Operation;
 use messenger_core::store::{
-    ConversationInfo, GetLastSeen, GetReceipts, MessagePage, ReadBefore, ReadRange, UpdateReceipt,
-    UserConversations,
+    ConversationInfo, GetLastSeen, GetReceipts, MessagePage, UpdateReceipt, UserConversations,
 };
 use messenger_core::{
     ClientMsgId, ConversationId, ConversationSummary, DomainEvent, Error, Event, Message,
@@ -247,7 +246,9 @@ impl Operation for GetPresence {
 
 /// A page of a conversation's log: after `after` (ascending, oldest first), or else the latest
 /// entries before `before` (or the head). At most `limit` entries (default and cap:
-/// `limits.max_history_limit`). Pages may contain `void` entries.
+/// `limits.max_history_limit`). A page never skips a seq: it has every seq of its range (a
+/// hole whose writer is gone comes back as a `void` entry) or ends before a hole that may
+/// still be filled (ask again later).
 ///
 /// # Errors
 /// `not_member`, `not_found`.
@@ -423,29 +424,15 @@ impl<B: Backends> Engine<B> {
         let limit = limit.unwrap_or(max).clamp(1, max);
         self.membership(&conversation, &actor.user).await?;
         let store = self.services().store();
+        let void_after = self.config().void_after;
+        // Never skips a seq: dead holes come back as voids (resolved together, one write), and
+        // a page stops before a hole that may still be filled.
         match after {
             Some(after) => {
-                call(
-                    store,
-                    ReadRange {
-                        conversation,
-                        after,
-                        until: None,
-                        limit,
-                    },
-                )
-                .await
+                super::holes::history_after(store, conversation, after, limit, void_after).await
             }
             None => {
-                call(
-                    store,
-                    ReadBefore {
-                        conversation,
-                        before,
-                        limit,
-                    },
-                )
-                .await
+                super::holes::history_before(store, conversation, before, limit, void_after).await
             }
         }
     }

@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use messenger_core::store::{
-    Appended, CreateConversation, Created, MediaStatusSet, ReceiptUpdated, SetLastSeen,
-    SetMediaStatus, UpdateReceipt, VoidSeq,
+    Appended, CreateConversation, Created, MediaStatusSet, MessagePage, ReceiptUpdated,
+    SetLastSeen, SetMediaStatus, UpdateReceipt, VoidHoles, VoidSeq,
 };
 use messenger_core::{Body, Message, ReceiptKind, Receipts, Role, Seq, Timestamp};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{self, to_sql};
+use super::codec::{self, MESSAGE_COLUMNS, RawMessage, to_sql};
 use super::error::EmbeddedError;
 
 /// One write for the committer.
@@ -32,6 +32,7 @@ use super::error::EmbeddedError;
 pub(crate) enum WriteOp {
     Append(Arc<Message>),
     Void(VoidSeq),
+    VoidHoles(VoidHoles),
     CreateConversation(CreateConversation),
     UpdateReceipt(UpdateReceipt),
     SetLastSeen(SetLastSeen),
@@ -43,6 +44,7 @@ pub(crate) enum WriteOp {
 pub(crate) enum Written {
     Appended(Appended),
     Voided(Arc<Message>),
+    VoidedHoles(MessagePage),
     Created(Created),
     ReceiptUpdated(ReceiptUpdated),
     LastSeen(Timestamp),
@@ -264,6 +266,7 @@ fn apply(conn: &Connection, op: &WriteOp, now: Timestamp) -> Result<Written, Emb
     match op {
         WriteOp::Append(message) => append(conn, message).map(Written::Appended),
         WriteOp::Void(request) => void_seq(conn, request, now).map(Written::Voided),
+        WriteOp::VoidHoles(request) => void_holes(conn, request, now).map(Written::VoidedHoles),
         WriteOp::CreateConversation(request) => {
             create_conversation(conn, request).map(Written::Created)
         }
@@ -422,6 +425,60 @@ fn void_seq(
     codec::message_at(conn, request.conversation.as_str(), seq)?
         .map(Arc::new)
         .ok_or_else(|| EmbeddedError::Corrupt(format!("seq {seq} vanished after its void")))
+}
+
+/// Inserts a void at every free seq of the range (`ON CONFLICT DO NOTHING`: an entry there
+/// wins) and reads the range back, in the committer's transaction. The head does not move:
+/// `covered` keeps the range at or below it.
+fn void_holes(
+    conn: &Connection,
+    request: &VoidHoles,
+    now: Timestamp,
+) -> Result<MessagePage, EmbeddedError> {
+    let conversation = request.conversation.as_str();
+    let head = codec::head(conn, conversation)?;
+    let Some((first, last)) = request.covered(head) else {
+        return Ok(MessagePage {
+            messages: Vec::new(),
+            head,
+        });
+    };
+    let (low, high) = (to_sql("seq", first.get())?, to_sql("seq", last.get())?);
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO messages \
+         (conversation, seq, sender, sender_device, client_msg_id, sent_at, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (conversation, seq) DO NOTHING",
+    )?;
+    let body = serde_json::to_string(&Body::Void)?;
+    let at = to_sql("sent_at", now.as_millis())?;
+    for seq in first.get()..=last.get() {
+        let void = Message::void(request.conversation.clone(), Seq(seq), now);
+        insert.execute(params![
+            conversation,
+            to_sql("seq", seq)?,
+            void.sender.as_str(),
+            void.sender_device.as_str(),
+            void.client_msg_id.as_str(),
+            at,
+            body,
+        ])?;
+    }
+    let messages = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE conversation = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq"
+        ))?
+        .query_map(params![conversation, low, high], RawMessage::from_row)?
+        .map(|raw| Ok(Arc::new(raw?.decode()?)))
+        .collect::<Result<Vec<_>, EmbeddedError>>()?;
+    if messages.len() as u64 != last.get() - first.get() + 1 {
+        return Err(EmbeddedError::Corrupt(format!(
+            "{conversation}: {} entries in {first}..={last} after voiding its holes",
+            messages.len()
+        )));
+    }
+    Ok(MessagePage { messages, head })
 }
 
 fn create_conversation(

@@ -39,7 +39,7 @@ use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
     GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
     ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
-    VoidSeq,
+    VoidHoles, VoidSeq,
 };
 use messenger_core::{ConversationSummary, Error, Message, Receipts, Seq, Timestamp, UserId};
 use rusqlite::{Connection, OpenFlags};
@@ -217,6 +217,16 @@ impl StoreBackend for EmbeddedStore {
     async fn void_seq(&self, request: VoidSeq) -> Result<Arc<Message>, Error> {
         match self.write(WriteOp::Void(request)).await? {
             Written::Voided(message) => Ok(message),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn void_holes(&self, request: VoidHoles) -> Result<MessagePage, Error> {
+        request
+            .check_span()
+            .map_err(|err| err.with_backend(error::BACKEND))?;
+        match self.write(WriteOp::VoidHoles(request)).await? {
+            Written::VoidedHoles(page) => Ok(page),
             _ => Err(mismatched()),
         }
     }

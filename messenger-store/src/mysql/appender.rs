@@ -182,7 +182,7 @@ impl From<MysqlError> for Failed {
 }
 
 /// The seven values of a `messages` row, checked as a single append checks them.
-fn encode(message: &Message) -> Result<[Value; 7], MysqlError> {
+pub(super) fn encode(message: &Message) -> Result<[Value; 7], MysqlError> {
     let seq = checked("seq", message.seq.get())?;
     if seq == 0 {
         return Err(MysqlError::OutOfRange {
@@ -213,7 +213,7 @@ fn key(message: &Message) -> Key<'_> {
 
 /// The most rows one multi-row `INSERT` carries (7 placeholders each, far below the
 /// protocol's 65,535).
-const MAX_INSERT_ROWS: usize = 256;
+pub(super) const MAX_INSERT_ROWS: usize = 256;
 
 /// Sizes of the multi-row statements: `count` split into powers of two, largest first, none
 /// above [`MAX_INSERT_ROWS`].

@@ -46,14 +46,16 @@ use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
     GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
     ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
-    VoidSeq,
+    VoidHoles, VoidSeq,
 };
 use messenger_core::{
     Body, ConversationSummary, Error, ErrorKind, Member, Message, ReceiptKind, Receipts, Role, Seq,
     Timestamp, UserId,
 };
 use mysql_async::prelude::Queryable;
-use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, TxOpts, Value};
+use mysql_async::{
+    IsolationLevel, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, TxOpts, Value,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use self::codec::{CONVERSATION_COLUMNS, MESSAGE_COLUMNS, checked, take};
@@ -252,6 +254,62 @@ impl MysqlStore {
         tx.commit().await?;
         held.map(Arc::new)
             .ok_or_else(|| MysqlError::Corrupt(format!("seq {seq} vanished after its void")))
+    }
+
+    /// Voids the free seqs of the range in one transaction, at READ COMMITTED whatever the
+    /// session says (the range read back must see entries committed meanwhile): the range is
+    /// read, a void is inserted at each free seq (multi-row, `ON DUPLICATE KEY UPDATE` a
+    /// no-op, so an entry committed meanwhile wins; one being written makes the insert wait
+    /// for it), and the range is read back before COMMIT. A seq still empty then (the entry
+    /// the insert waited for was rolled back) gets its void in another round.
+    async fn void_holes_once(&self, request: &VoidHoles) -> Result<MessagePage, MysqlError> {
+        /// Insert rounds before giving up.
+        const ROUNDS: usize = 4;
+        let conversation = request.conversation.as_str();
+        let mut opts = TxOpts::default();
+        opts.with_isolation_level(IsolationLevel::ReadCommitted);
+        let mut tx = self.pool.start_transaction(opts).await?;
+        let head = codec::head(&mut tx, conversation).await?;
+        let Some((first, last)) = request.covered(head) else {
+            tx.commit().await?;
+            return Ok(MessagePage {
+                messages: Vec::new(),
+                head,
+            });
+        };
+        let (low, high) = (checked("seq", first.get())?, checked("seq", last.get())?);
+        let now = Timestamp::now();
+        let mut messages = messages_between(&mut tx, conversation, low, high).await?;
+        for _ in 0..ROUNDS {
+            let stored: std::collections::HashSet<u64> =
+                messages.iter().map(|message| message.seq.get()).collect();
+            let free: Vec<u64> = (low..=high).filter(|seq| !stored.contains(seq)).collect();
+            if free.is_empty() {
+                tx.commit().await?;
+                return Ok(MessagePage { messages, head });
+            }
+            for chunk in free.chunks(appender::MAX_INSERT_ROWS) {
+                let mut values = Vec::with_capacity(chunk.len() * 7);
+                for &seq in chunk {
+                    let void = Message::void(request.conversation.clone(), Seq(seq), now);
+                    values.extend(appender::encode(&void)?);
+                }
+                let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+                tx.exec_drop(
+                    format!(
+                        "INSERT INTO messages ({INSERT_COLUMNS}) VALUES {placeholders} \
+                         ON DUPLICATE KEY UPDATE seq = seq"
+                    ),
+                    Params::Positional(values),
+                )
+                .await?;
+            }
+            messages = messages_between(&mut tx, conversation, low, high).await?;
+        }
+        tx.rollback().await?;
+        Err(MysqlError::Corrupt(format!(
+            "{conversation}: seqs of {low}..={high} stayed empty after {ROUNDS} rounds of voids"
+        )))
     }
 
     async fn create_once(&self, request: &CreateConversation) -> Result<Created, MysqlError> {
@@ -489,6 +547,27 @@ impl MysqlStore {
         };
         Ok(MessagePage { messages, head })
     }
+}
+
+/// The entries with `low <= seq <= high`, ascending.
+async fn messages_between(
+    conn: &mut impl Queryable,
+    conversation: &str,
+    low: u64,
+    high: u64,
+) -> Result<Vec<Arc<Message>>, MysqlError> {
+    let rows: Vec<Row> = conn
+        .exec(
+            format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE conversation = ? AND seq >= ? AND seq <= ? ORDER BY seq"
+            ),
+            (conversation, low, high),
+        )
+        .await?;
+    rows.into_iter()
+        .map(|mut row| codec::decode_message(&mut row).map(Arc::new))
+        .collect()
 }
 
 /// One append in its own transaction, again after a deadlock or lock wait timeout (up to
@@ -753,6 +832,13 @@ impl StoreBackend for MysqlStore {
 
     async fn void_seq(&self, request: VoidSeq) -> Result<Arc<Message>, Error> {
         self.write(|| self.void_once(&request)).await
+    }
+
+    async fn void_holes(&self, request: VoidHoles) -> Result<MessagePage, Error> {
+        request
+            .check_span()
+            .map_err(|err| err.with_backend(error::BACKEND))?;
+        self.write(|| self.void_holes_once(&request)).await
     }
 
     async fn find_message(&self, request: FindMessage) -> Result<Option<Arc<Message>>, Error> {

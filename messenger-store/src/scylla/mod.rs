@@ -93,7 +93,7 @@ use messenger_core::store::{
     AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
     GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
     ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
-    VoidSeq,
+    VoidHoles, VoidSeq,
 };
 use messenger_core::{
     Body, ConversationSummary, Error, Member, Message, ReceiptKind, Receipts, Role, Seq, Timestamp,
@@ -127,6 +127,10 @@ const REPROJECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 
 /// At most this many single-partition reads run at once for one request (listing a user's
 /// conversations, last seen of many users).
 const READ_CONCURRENCY: usize = 32;
+
+/// At most this many lightweight transactions run at once for one request (the voids of a
+/// range of holes).
+const WRITE_CONCURRENCY: usize = 16;
 
 /// How many times an append runs when its lightweight transactions time out for contention.
 const CAS_ATTEMPTS: u32 = 3;
@@ -454,6 +458,62 @@ impl ScyllaStore {
         };
         self.raise_head(conversation.as_str(), seq).await?;
         Ok(held)
+    }
+
+    /// Voids every free seq of the range: the range is read, then each free seq gets its
+    /// void through the same lightweight transaction as [`VoidSeq`] (`IF NOT EXISTS`, at most
+    /// [`WRITE_CONCURRENCY`] at once), so an entry that landed meanwhile wins and is answered.
+    /// Not one atomic write (Cassandra has no multi-partition transaction): a request cut
+    /// short leaves some voids written, and running it again completes it. The head does not
+    /// move (the range is at or below it).
+    async fn void_range(&self, request: &VoidHoles) -> Result<MessagePage, ScyllaError> {
+        let conversation = request.conversation.as_str();
+        let head = self.head_of(conversation).await?;
+        let Some((first, last)) = request.covered(head) else {
+            return Ok(MessagePage {
+                messages: Vec::new(),
+                head,
+            });
+        };
+        let span = last.get() - first.get() + 1;
+        let stored = self
+            .range(&ReadRange {
+                conversation: request.conversation.clone(),
+                after: request.after,
+                until: Some(last),
+                limit: usize::try_from(span).unwrap_or(usize::MAX),
+            })
+            .await?;
+        let mut entries: std::collections::BTreeMap<Seq, Arc<Message>> = stored
+            .messages
+            .into_iter()
+            .map(|message| (message.seq, message))
+            .collect();
+        let free: Vec<Seq> = (first.get()..=last.get())
+            .map(Seq)
+            .filter(|seq| !entries.contains_key(seq))
+            .collect();
+        let now = Timestamp::now();
+        let held: Vec<Message> = stream::iter(free)
+            .map(|seq| async move {
+                let void = Message::void(request.conversation.clone(), seq, now);
+                let inserted = self.insert_message(&void).await?;
+                if inserted.applied {
+                    Ok(void)
+                } else {
+                    inserted.message()
+                }
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for message in held {
+            entries.insert(message.seq, Arc::new(message));
+        }
+        Ok(MessagePage {
+            messages: entries.into_values().collect(),
+            head,
+        })
     }
 
     async fn append_message(&self, message: &Arc<Message>) -> Result<Appended, ScyllaError> {
@@ -1077,6 +1137,13 @@ impl StoreBackend for ScyllaStore {
             .void_at(&request.conversation, request.seq, Timestamp::now())
             .await?;
         Ok(Arc::new(held))
+    }
+
+    async fn void_holes(&self, request: VoidHoles) -> Result<MessagePage, Error> {
+        request
+            .check_span()
+            .map_err(|err| err.with_backend(error::BACKEND))?;
+        Ok(self.void_range(&request).await?)
     }
 
     async fn find_message(&self, request: FindMessage) -> Result<Option<Arc<Message>>, Error> {
