@@ -18,7 +18,7 @@ use messenger_socket::engine::layer::PerUserRateLimitLayer;
 use messenger_socket::engine::{
     AddMembers, CreateGroup, GetPresence, MarkReceipt, ReadHistory, SendMessage, SetTyping,
 };
-use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services, hub::Hub};
+use messenger_socket::{Backends, Engine, EngineConfig, Server, ServerConfig, Services, hub::Hub};
 use messenger_store::{EmbeddedStore, Store};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -55,16 +55,8 @@ async fn device(url: &str, token: &str) -> Ws {
     }
 }
 
-fn actor(user: &str) -> Identity {
-    Identity::new(UserId::new(user).unwrap(), DeviceId::new("job").unwrap())
-}
-
-fn text(text: &str) -> NewBody {
-    NewBody::Text { text: text.into() }
-}
-
-#[tokio::test]
-async fn service_calls_reach_connected_devices_in_order() {
+/// An engine on the embedded store, in-process fanout and memory presence.
+fn engine() -> (Engine<impl Backends>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(EmbeddedStore::open(dir.path().join("messages.db")).unwrap());
     let hub = Hub::new();
@@ -79,6 +71,20 @@ async fn service_calls_reach_connected_devices_in_order() {
         hub,
         EngineConfig::default(),
     );
+    (engine, dir)
+}
+
+fn actor(user: &str) -> Identity {
+    Identity::new(UserId::new(user).unwrap(), DeviceId::new("job").unwrap())
+}
+
+fn text(text: &str) -> NewBody {
+    NewBody::Text { text: text.into() }
+}
+
+#[tokio::test]
+async fn service_calls_reach_connected_devices_in_order() {
+    let (engine, _dir) = engine();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/ws", listener.local_addr().unwrap());
     tokio::spawn(
@@ -230,20 +236,7 @@ async fn service_calls_reach_connected_devices_in_order() {
 
 #[tokio::test]
 async fn a_user_over_their_rate_is_refused_and_others_are_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::new(EmbeddedStore::open(dir.path().join("messages.db")).unwrap());
-    let hub = Hub::new();
-    let engine = Engine::new(
-        Services {
-            sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
-            fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
-            store,
-            auth: DevAuthenticator,
-            presence: Presence::new(MemoryPresence::new()),
-        },
-        hub,
-        EngineConfig::default(),
-    );
+    let (engine, _dir) = engine();
     let service = ServiceBuilder::new()
         .layer(PerUserRateLimitLayer::new(
             NonZeroU32::MIN,
