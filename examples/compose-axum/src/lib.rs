@@ -3,7 +3,7 @@
 //! - **its own login**: `POST /login` gives a session id (cookie `session=...`); HTTP routes
 //!   read the cookie, and the WebSocket `hello` carries the session id as its token. The SDK
 //!   learns who a session is through [`Sessions`], the app's own
-//!   [`Authenticate`](messenger_core::auth::Authenticate) service — not the SDK's token format;
+//!   [`Authenticate`] service — not the SDK's token format;
 //! - **its own HTTP routes** that call the chat engine directly: `POST /direct/{user}` opens a
 //!   direct conversation, `POST /conversations/{id}/messages` sends as the logged-in user,
 //!   `GET /conversations/{id}/messages` reads history — with the same guarantees a WebSocket

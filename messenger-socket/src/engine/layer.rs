@@ -14,7 +14,7 @@
 //! - [`tower::limit::RateLimit`] is not `Clone` and limits all callers together; a messenger
 //!   limits each user. [`PerUserRateLimitLayer`] does that, for every request that names who
 //!   acts ([`Acting`]).
-//! - [`tower::buffer::Buffer`] takes one request type, while the engine and the store answer
+//! - tower's `Buffer` takes one request type, while the engine and the store answer
 //!   many. Neither needs it: both are `Clone` and always ready, so each caller clones the
 //!   service instead of sharing one through a channel. Buffer one operation (say
 //!   `Buffer<Engine<B>, SendMessage>`) when a queue is what you want.
