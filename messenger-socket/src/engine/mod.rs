@@ -293,8 +293,8 @@ impl<B: Backends> Engine<B> {
     /// When the staging or journal directories cannot be created or read.
     pub fn with_media(
         mut self,
-        config: crate::media::MediaConfig,
-        storage: Arc<dyn crate::media::ObjectStore>,
+        config: media::MediaConfig,
+        storage: Arc<dyn media::ObjectStore>,
     ) -> std::io::Result<Self> {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.config.limits.max_media_bytes = config.max_bytes;
