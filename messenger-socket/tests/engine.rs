@@ -273,3 +273,85 @@ async fn a_user_over_their_rate_is_refused_and_others_are_not() {
         "group_created, a-1, a-2, then b-1"
     );
 }
+
+/// The codes and shapes docs/protocol.md gives for these refusals (each differed before).
+#[tokio::test]
+async fn refusals_have_the_documented_codes_and_shapes() {
+    let (engine, _dir) = engine();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    tokio::spawn(
+        Server::new(engine.clone(), ServerConfig::default()).run(listener, std::future::pending()),
+    );
+
+    let too_long = call(
+        &engine,
+        CreateGroup {
+            actor: actor("alice"),
+            title: "t".repeat(messenger_core::MAX_TITLE_BYTES + 1),
+            members: vec![],
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(too_long.refusal_code(), Some(ErrorCode::TooLarge));
+
+    let group = call(
+        &engine,
+        CreateGroup {
+            actor: actor("alice"),
+            title: "t".into(),
+            members: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let owner = call(
+        &engine,
+        AddMembers {
+            actor: actor("alice"),
+            conversation: group.conversation.id.clone(),
+            users: vec![UserId::new("bob").unwrap()],
+            role: messenger_core::Role::Owner,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(owner.refusal_code(), Some(ErrorCode::InvalidRequest));
+
+    // Over the WebSocket: a refused `read` carries neither `id` nor `conversation`, and an
+    // over-long `unsubscribe_presence` is `too_large`.
+    let mut mallory = device(&url, "mallory:phone").await;
+    let read = json!({"type": "read", "conversation": group.conversation.id, "seq": 1});
+    mallory.send(Message::text(read.to_string())).await.unwrap();
+    let refusal = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), mallory.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if frame["type"] == "error" {
+                break frame;
+            }
+        }
+    };
+    assert_eq!(refusal["code"], "not_member");
+    assert!(refusal.get("conversation").is_none(), "{refusal}");
+    assert!(refusal.get("id").is_none(), "{refusal}");
+
+    let users: Vec<String> = (0..257).map(|n| format!("u{n}")).collect();
+    let unsubscribe = json!({"type": "unsubscribe_presence", "id": "u", "users": users});
+    mallory
+        .send(Message::text(unsubscribe.to_string()))
+        .await
+        .unwrap();
+    loop {
+        if let ServerFrame::Error { id, code, .. } = frame(&mut mallory).await {
+            assert_eq!(code, ErrorCode::TooLarge);
+            assert_eq!(id.map(|id| id.to_string()), Some("u".to_owned()));
+            break;
+        }
+    }
+}

@@ -66,13 +66,37 @@ async fn acknowledged_messages_survive_a_store_restart_mid_traffic() {
     let acked = sender.await.unwrap();
     assert!(!acked.is_empty());
 
-    let page = client
-        .history(&id, HistoryRange::After(Seq::ZERO), Some(200))
-        .await
-        .unwrap();
+    // History never skips a seq: a page ends before a hole that may still be filled (the
+    // sends that failed while the store was down left some), so read on until every acked seq
+    // is covered; the holes resolve as voids once they are `void_after` old.
+    let last = acked.iter().map(|sent| sent.seq).max().unwrap_or(Seq::ZERO);
+    let mut messages = Vec::new();
+    let mut after = Seq::ZERO;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while after < last {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history stuck after {after}"
+        );
+        let page = client
+            .history(&id, HistoryRange::After(after), Some(200))
+            .await
+            .unwrap();
+        match page.messages.last() {
+            Some(newest) => {
+                assert_eq!(
+                    page.messages.first().map(|m| m.seq),
+                    Some(after.next()),
+                    "history skipped a seq"
+                );
+                after = newest.seq;
+                messages.extend(page.messages);
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
     for sent in &acked {
-        let stored = page
-            .messages
+        let stored = messages
             .iter()
             .find(|m| m.seq == sent.seq)
             .unwrap_or_else(|| panic!("acknowledged {sent:?} is missing"));
