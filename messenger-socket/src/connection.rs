@@ -469,7 +469,9 @@ struct Connection<B> {
     /// Store reads in flight; created by the first one, dropped when the last one is done.
     tasks: Option<FuturesUnordered<Task>>,
     hole_deadline: Option<Instant>,
-    watched: HashSet<UserId>,
+    /// The users whose presence this connection watches, and whether a live change about each
+    /// was written since it subscribed (a later snapshot of that user is then stale).
+    watched: HashMap<UserId, bool>,
     bad_frames: u32,
     frames: DefaultDirectRateLimiter,
     typing: DefaultDirectRateLimiter,
@@ -502,7 +504,7 @@ impl<B: Backends> Connection<B> {
             pending_sync: None,
             tasks: None,
             hole_deadline: None,
-            watched: HashSet::new(),
+            watched: HashMap::new(),
             bad_frames: 0,
             frames: limiter(
                 limits.frames_per_second,
@@ -688,7 +690,8 @@ impl<B: Backends> Connection<B> {
         let node = self.node;
         let user = self.identity.user;
         node.hub().unregister(&user, self.handle.id);
-        node.hub().unwatch(self.handle.id, &self.watched);
+        let watched: HashSet<UserId> = self.watched.into_keys().collect();
+        node.hub().unwatch(self.handle.id, &watched);
         let now = Timestamp::now();
         node.record_last_seen(&user, now);
         if node.is_shutting_down() {
@@ -724,6 +727,21 @@ impl<B: Backends> Connection<B> {
     {
         match item {
             Outbound::Frame(text) => self.write_text(ws, text).await,
+            Outbound::Presence {
+                user,
+                text,
+                snapshot,
+            } => {
+                match self.watched.get_mut(&user) {
+                    // A live change was written since the subscription: this state is older.
+                    Some(true) if snapshot => return Ok(()),
+                    Some(live) if !snapshot => *live = true,
+                    Some(_) => {}
+                    // Unsubscribed meanwhile.
+                    None => return Ok(()),
+                }
+                self.write_text(ws, text).await
+            }
             Outbound::Entry(message, text) => {
                 if !self.synced {
                     // See `hold`: the device's sync reads these from the store.
@@ -1338,18 +1356,24 @@ impl<B: Backends> Connection<B> {
                         .await;
                 }
                 self.node.hub().watch(&self.handle, &users);
-                self.watched.extend(users.iter().cloned());
+                // The snapshot below counts until a live change about the user is written.
+                self.watched
+                    .extend(users.iter().map(|user| (user.clone(), false)));
                 self.reply(ws, ServerFrame::Ok { id }).await?;
                 let handle = self.handle.clone();
                 tokio::spawn(async move {
                     if let Ok(states) = node.presence_of(GetPresence { users }).await {
                         for state in states {
                             let frame = ServerFrame::Presence {
-                                user: state.user,
+                                user: state.user.clone(),
                                 online: state.online,
                                 last_seen: state.last_seen,
                             };
-                            handle.push(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
+                            handle.push(Outbound::Presence {
+                                user: state.user,
+                                text: Utf8Bytes::from(frame.to_json()),
+                                snapshot: true,
+                            });
                         }
                     }
                 });
@@ -1361,7 +1385,7 @@ impl<B: Backends> Connection<B> {
                 }
                 let users: HashSet<UserId> = users.into_iter().collect();
                 self.node.hub().unwatch(self.handle.id, &users);
-                self.watched.retain(|user| !users.contains(user));
+                self.watched.retain(|user, _| !users.contains(user));
                 self.reply(ws, ServerFrame::Ok { id }).await
             }
             ClientFrame::Ping { id } => self.reply(ws, ServerFrame::Pong { id }).await,
@@ -1476,5 +1500,129 @@ where
     match Box::pin(timeout(write_timeout, ws.flush())).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err(End::Quiet),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{SinkExt, StreamExt};
+    use messenger_core::protocol::ServerFrame;
+    use messenger_fanout::presence::{Presence, memory::MemoryPresence};
+    use messenger_fanout::{Fanout, local::LocalFanout};
+    use messenger_sequencer::{Sequencer, memory::MemorySequencer};
+    use messenger_store::{EmbeddedStore, Store};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::auth::DevAuthenticator;
+    use crate::hub::Hub;
+    use crate::{EngineConfig, Services};
+
+    async fn next_frame<S>(ws: &mut WebSocketStream<S>) -> ServerFrame
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            let message = timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .expect("frame");
+            if let tungstenite::Message::Text(text) = message {
+                return serde_json::from_str(&text).expect("a server frame");
+            }
+        }
+    }
+
+    /// The state read when a connection subscribes to someone's presence can be queued after a
+    /// live change about them; written last, it would tell the client the older state.
+    #[tokio::test]
+    async fn a_presence_snapshot_older_than_a_live_change_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(EmbeddedStore::open(dir.path().join("m.db")).unwrap());
+        let hub = Hub::new();
+        let engine = Engine::new(
+            Services {
+                sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
+                fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+                store,
+                auth: DevAuthenticator,
+                presence: Presence::new(MemoryPresence::new()),
+            },
+            hub,
+            EngineConfig::default(),
+        );
+        let (server_side, client_side) = tokio::io::duplex(64 * 1024);
+        let serving = engine.clone();
+        tokio::spawn(async move {
+            let ws = WebSocketStream::from_raw_socket(server_side, Role::Server, None).await;
+            serve_connection(serving, ws).await;
+        });
+        let mut ws = WebSocketStream::from_raw_socket(client_side, Role::Client, None).await;
+        let send = |text: &str| tungstenite::Message::text(text.to_owned());
+        ws.send(send(r#"{"type":"hello","v":1,"token":"alice:phone"}"#))
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_frame(&mut ws).await,
+            ServerFrame::Welcome { .. }
+        ));
+        ws.send(send(
+            r#"{"type":"subscribe_presence","id":"p","users":["carol"]}"#,
+        ))
+        .await
+        .unwrap();
+        // `ok`, then the snapshot (carol never seen): a live change of carol's counts from here.
+        assert!(matches!(next_frame(&mut ws).await, ServerFrame::Ok { .. }));
+        let snapshot = next_frame(&mut ws).await;
+        assert!(matches!(
+            snapshot,
+            ServerFrame::Presence { online: false, .. }
+        ));
+
+        // Carol comes online (live), then a stale snapshot of the same subscription arrives.
+        let alice = UserId::new("alice").unwrap();
+        let carol = UserId::new("carol").unwrap();
+        let handle = engine
+            .hub()
+            .handles(&alice)
+            .pop()
+            .expect("alice's connection");
+        let frame = |online: bool| {
+            Utf8Bytes::from(
+                ServerFrame::Presence {
+                    user: carol.clone(),
+                    online,
+                    last_seen: Some(Timestamp(5)),
+                }
+                .to_json(),
+            )
+        };
+        handle.push(Outbound::Presence {
+            user: carol.clone(),
+            text: frame(true),
+            snapshot: false,
+        });
+        handle.push(Outbound::Presence {
+            user: carol.clone(),
+            text: frame(false),
+            snapshot: true,
+        });
+        ws.send(send(r#"{"type":"ping","id":"after"}"#))
+            .await
+            .unwrap();
+        let mut presence = Vec::new();
+        loop {
+            match next_frame(&mut ws).await {
+                ServerFrame::Presence { online, .. } => presence.push(online),
+                ServerFrame::Pong { .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            presence,
+            [true],
+            "the stale snapshot was written after the live change"
+        );
     }
 }

@@ -19,6 +19,17 @@ pub(crate) enum Outbound {
     Frame(Utf8Bytes),
     /// A log entry: goes through the connection's per-conversation ordering.
     Entry(Arc<Message>, Utf8Bytes),
+    /// A presence frame about `user`: a live change, or (`snapshot`) the state read when the
+    /// connection subscribed, which the connection drops if it already wrote a live change
+    /// about that user since (the snapshot would be older than what the client has).
+    Presence {
+        /// Whose presence.
+        user: UserId,
+        /// The frame.
+        text: Utf8Bytes,
+        /// Read at subscription time, not a live change.
+        snapshot: bool,
+    },
 }
 
 /// A connection's outgoing queue.
@@ -218,6 +229,17 @@ impl Hub {
             .push(handle);
     }
 
+    /// The live connections of `user` (for tests that push to a connection's queue).
+    #[cfg(test)]
+    pub(crate) fn handles(&self, user: &UserId) -> Vec<ConnectionHandle> {
+        self.connections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub(crate) fn unregister(&self, user: &UserId, id: u64) {
         let mut connections = self
             .connections
@@ -276,7 +298,11 @@ impl Hub {
             .to_json(),
         );
         for target in targets {
-            target.push(Outbound::Frame(frame.clone()));
+            target.push(Outbound::Presence {
+                user: user.clone(),
+                text: frame.clone(),
+                snapshot: false,
+            });
         }
     }
 }
@@ -377,7 +403,9 @@ mod tests {
                 .into_iter()
                 .map(|item| match item {
                     Outbound::Frame(text) => text.as_str().to_owned(),
-                    Outbound::Entry(_, text) => text.as_str().to_owned(),
+                    Outbound::Entry(_, text) | Outbound::Presence { text, .. } => {
+                        text.as_str().to_owned()
+                    }
                 })
                 .collect(),
             Poll::Ready(Taken::Overflowed) => vec!["overflowed".into()],
