@@ -69,6 +69,9 @@ scripts/socketio.sh install >/dev/null
 # Starts a server in the background; waits for its "listening on" line. Sets server_pid.
 start() { # start LOG COMMAND...
   local log="$1"; shift
+  # Emptied here, not by the background job's redirect: otherwise the wait below can read the
+  # previous server's "listening on" line before the new one truncates the file.
+  : >"$log"
   # taskset execs the server, so $! is the server's pid.
   if [[ -n "$server_cpus" ]]; then
     taskset -c "$server_cpus" "$@" >"$log" 2>&1 &
