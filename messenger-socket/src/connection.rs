@@ -36,7 +36,7 @@ use crate::engine::{
     ListConversations, MarkReceipt, OpenDirect, Prepared, ReadHistory, ReadReceipts, RemoveMember,
     SetRole, SetTyping,
 };
-use crate::hub::{ConnectionHandle, Outbound, Taken};
+use crate::hub::{ConnectionHandle, Outbound, PresenceFrame, Taken};
 
 /// How long to wait before asking the store again for a seq that is still missing.
 const HOLE_RETRY: Duration = Duration::from_millis(50);
@@ -727,11 +727,12 @@ impl<B: Backends> Connection<B> {
     {
         match item {
             Outbound::Frame(text) => self.write_text(ws, text).await,
-            Outbound::Presence {
-                user,
-                text,
-                snapshot,
-            } => {
+            Outbound::Presence(frame) => {
+                let PresenceFrame {
+                    user,
+                    text,
+                    snapshot,
+                } = *frame;
                 match self.watched.get_mut(&user) {
                     // A live change was written since the subscription: this state is older.
                     Some(true) if snapshot => return Ok(()),
@@ -1369,11 +1370,11 @@ impl<B: Backends> Connection<B> {
                                 online: state.online,
                                 last_seen: state.last_seen,
                             };
-                            handle.push(Outbound::Presence {
+                            handle.push(Outbound::Presence(Box::new(PresenceFrame {
                                 user: state.user,
                                 text: Utf8Bytes::from(frame.to_json()),
                                 snapshot: true,
-                            });
+                            })));
                         }
                     }
                 });
@@ -1598,16 +1599,16 @@ mod tests {
                 .to_json(),
             )
         };
-        handle.push(Outbound::Presence {
+        handle.push(Outbound::Presence(Box::new(PresenceFrame {
             user: carol.clone(),
             text: frame(true),
             snapshot: false,
-        });
-        handle.push(Outbound::Presence {
+        })));
+        handle.push(Outbound::Presence(Box::new(PresenceFrame {
             user: carol.clone(),
             text: frame(false),
             snapshot: true,
-        });
+        })));
         ws.send(send(r#"{"type":"ping","id":"after"}"#))
             .await
             .unwrap();

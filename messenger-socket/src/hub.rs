@@ -22,14 +22,20 @@ pub(crate) enum Outbound {
     /// A presence frame about `user`: a live change, or (`snapshot`) the state read when the
     /// connection subscribed, which the connection drops if it already wrote a live change
     /// about that user since (the snapshot would be older than what the client has).
-    Presence {
-        /// Whose presence.
-        user: UserId,
-        /// The frame.
-        text: Utf8Bytes,
-        /// Read at subscription time, not a live change.
-        snapshot: bool,
-    },
+    /// Boxed so that the queue's items stay as small as the common ones (a delivery copies one
+    /// item per connection).
+    Presence(Box<PresenceFrame>),
+}
+
+/// A presence frame about one user, for [`Outbound::Presence`].
+#[derive(Debug)]
+pub(crate) struct PresenceFrame {
+    /// Whose presence.
+    pub(crate) user: UserId,
+    /// The frame.
+    pub(crate) text: Utf8Bytes,
+    /// Read at subscription time, not a live change.
+    pub(crate) snapshot: bool,
 }
 
 /// A connection's outgoing queue.
@@ -298,11 +304,11 @@ impl Hub {
             .to_json(),
         );
         for target in targets {
-            target.push(Outbound::Presence {
+            target.push(Outbound::Presence(Box::new(PresenceFrame {
                 user: user.clone(),
                 text: frame.clone(),
                 snapshot: false,
-            });
+            })));
         }
     }
 }
@@ -403,9 +409,8 @@ mod tests {
                 .into_iter()
                 .map(|item| match item {
                     Outbound::Frame(text) => text.as_str().to_owned(),
-                    Outbound::Entry(_, text) | Outbound::Presence { text, .. } => {
-                        text.as_str().to_owned()
-                    }
+                    Outbound::Entry(_, text) => text.as_str().to_owned(),
+                    Outbound::Presence(frame) => frame.text.as_str().to_owned(),
                 })
                 .collect(),
             Poll::Ready(Taken::Overflowed) => vec!["overflowed".into()],
