@@ -14,6 +14,8 @@
 //! - [`auth`]: dev tokens and signed tokens (JWT). The presence registries (memory, Redis)
 //!   live in `messenger_fanout::presence`.
 //! - [`media`]: media messages: upload tickets, the upload and download endpoints, expiry.
+//! - [`order`]: the per-conversation order of log entries (sans I/O), by which the server
+//!   writes entries to a device and the Rust client surfaces them.
 //! - `client` (feature `client`): the Rust client with outbox, resume and gap filling. A
 //!   client-only build (`default-features = false, features = ["client"]`) compiles none of
 //!   the server stack (feature `server`, on by default: axum, hyper, jsonwebtoken,
@@ -81,6 +83,7 @@ mod last_seen;
 pub mod media;
 #[cfg(feature = "server")]
 pub mod members;
+pub mod order;
 #[cfg(feature = "server")]
 mod server;
 

@@ -22,7 +22,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_conf
 use super::config::{Backoff, ClientConfig, jitter};
 use super::error::{AfterClose, classify_close, client_closed, copy_error, from_error_frame};
 use super::event::ClientEvent;
-use super::order::Order;
+use super::order::{Order, Source};
 use super::outbox::{Outbox, SendReply};
 use super::{Sent, Shared};
 
@@ -480,7 +480,9 @@ impl Driver {
 
     async fn on_frame(&mut self, socket: &mut Socket, frame: ServerFrame) -> Result<(), End> {
         match frame {
-            ServerFrame::Message { message } => self.on_message(socket, message).await?,
+            ServerFrame::Message { message } => {
+                self.on_message(socket, message, Source::Stream).await?;
+            }
             ServerFrame::Sent {
                 conversation,
                 client_msg_id,
@@ -578,7 +580,7 @@ impl Driver {
                 self.fills.remove(&id);
                 for message in messages {
                     if message.conversation == conversation {
-                        self.on_message(socket, message).await?;
+                        self.on_message(socket, message, Source::Fill).await?;
                     }
                 }
                 if let Some(after) = self.order.fill_answered(&conversation, head) {
@@ -597,9 +599,20 @@ impl Driver {
         Ok(())
     }
 
-    async fn on_message(&mut self, socket: &mut Socket, message: Arc<Message>) -> Result<(), End> {
+    async fn on_message(
+        &mut self,
+        socket: &mut Socket,
+        message: Arc<Message>,
+        source: Source,
+    ) -> Result<(), End> {
         let conversation = message.conversation.clone();
-        let accepted = self.order.accept(message);
+        let before = self.order.repairs();
+        let accepted = self.order.accept(message, source);
+        let repairs = self.order.repairs();
+        if repairs != before {
+            tracing::warn!(%conversation, ?repairs, "the server's stream needed a repair");
+            self.shared.set_repairs(repairs);
+        }
         if !accepted.ready.is_empty() {
             for entry in accepted.ready {
                 if !entry.is_void() {

@@ -58,6 +58,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use config::ClientConfig;
 pub use event::{ClientEvent, Events};
+pub use order::RepairCounts;
 
 use connection::{Command, Driver, handshake};
 use error::client_closed;
@@ -123,12 +124,17 @@ pub(crate) struct Shared {
     outbox_len: AtomicUsize,
     closed: AtomicBool,
     next_request: AtomicU64,
+    repairs: Mutex<RepairCounts>,
 }
 
 impl Shared {
     fn set_cursor(&self, conversation: &ConversationId, seq: Seq) {
         let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
         cursors.insert(conversation.clone(), seq);
+    }
+
+    fn set_repairs(&self, repairs: RepairCounts) {
+        *self.repairs.lock().unwrap_or_else(PoisonError::into_inner) = repairs;
     }
 
     fn set_limits(&self, limits: Limits) {
@@ -172,6 +178,7 @@ impl Client {
             outbox_len: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
+            repairs: Mutex::new(RepairCounts::default()),
         });
         let (commands, command_receiver) = mpsc::unbounded_channel();
         let (event_sender, event_receiver) = mpsc::channel(config.event_capacity.max(1));
@@ -214,6 +221,15 @@ impl Client {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// What the ordering layer repaired in the server's stream so far: entries dropped as
+    /// duplicates and entries filled from `history` because the stream skipped them. The
+    /// server promises neither happens (docs/protocol.md §11), so both stay zero against it;
+    /// a test of delivery can assert that, since the events alone cannot show it (they are
+    /// repaired before they surface).
+    pub fn repairs(&self) -> RepairCounts {
+        *self.shared.repairs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How many sends wait for their acknowledgement.
