@@ -131,6 +131,22 @@ impl<T> Lane<T> {
         Offer::Held
     }
 
+    /// Holds an entry without handing it on, even when it is next in line: it comes out of
+    /// [`Lane::pop_ready`]. Returns whether it was taken (false for a duplicate, or a full
+    /// lane).
+    pub fn hold(&mut self, seq: Seq, entry: T) -> bool {
+        if seq <= self.delivered || self.held.contains_key(&seq) {
+            self.duplicates += 1;
+            return false;
+        }
+        self.known_head = self.known_head.max(seq);
+        if self.held.len() >= self.max_held {
+            return false;
+        }
+        self.held.insert(seq, entry);
+        true
+    }
+
     /// The next held entry, if it is next in line; counts it as delivered.
     pub fn pop_ready(&mut self) -> Option<(Seq, T)> {
         loop {
@@ -190,6 +206,18 @@ mod tests {
         assert_eq!(lane.offer(Seq(5), 5), Offer::Held);
         assert_eq!(lane.offer(Seq(5), 55), Offer::Duplicate(55));
         assert_eq!(lane.duplicates(), 3);
+    }
+
+    #[test]
+    fn held_entries_come_out_in_order_even_when_next() {
+        let mut lane = Lane::new(Seq(0));
+        assert!(lane.hold(Seq(2), 2));
+        assert!(lane.hold(Seq(1), 1));
+        assert!(!lane.hold(Seq(1), 1), "already held");
+        assert_eq!(lane.delivered(), Seq(0));
+        assert_eq!(drain(&mut lane), [1, 2]);
+        assert!(!lane.hold(Seq(2), 2), "delivered");
+        assert_eq!(lane.duplicates(), 2);
     }
 
     #[test]

@@ -229,7 +229,11 @@ impl Client {
     /// a test of delivery can assert that, since the events alone cannot show it (they are
     /// repaired before they surface).
     pub fn repairs(&self) -> RepairCounts {
-        *self.shared.repairs.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .shared
+            .repairs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How many sends wait for their acknowledgement.

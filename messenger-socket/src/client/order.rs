@@ -203,7 +203,11 @@ mod tests {
         assert!(order.accept(text(2), Source::Stream).ready.is_empty());
         assert!(order.accept(text(1), Source::Stream).ready.is_empty());
         assert_eq!(order.cursor(&conv()), Seq(2));
-        assert_eq!(order.repairs().duplicates, 2, "the stream repeated two entries");
+        assert_eq!(
+            order.repairs().duplicates,
+            2,
+            "the stream repeated two entries"
+        );
     }
 
     #[test]
@@ -234,7 +238,10 @@ mod tests {
     #[test]
     fn a_partial_fill_asks_for_the_next_page() {
         let mut order = Order::default();
-        assert_eq!(order.accept(text(10), Source::Stream).fill_after, Some(Seq(0)));
+        assert_eq!(
+            order.accept(text(10), Source::Stream).fill_after,
+            Some(Seq(0))
+        );
         for seq in 1..=5 {
             order.accept(text(seq), Source::Fill);
         }
@@ -249,11 +256,20 @@ mod tests {
     #[test]
     fn a_fill_without_progress_stops_and_a_new_gap_restarts_it() {
         let mut order = Order::default();
-        assert_eq!(order.accept(text(3), Source::Stream).fill_after, Some(Seq(0)));
+        assert_eq!(
+            order.accept(text(3), Source::Stream).fill_after,
+            Some(Seq(0))
+        );
         assert_eq!(order.fill_answered(&conv(), Seq(3)), None);
-        assert_eq!(order.accept(text(4), Source::Stream).fill_after, Some(Seq(0)));
+        assert_eq!(
+            order.accept(text(4), Source::Stream).fill_after,
+            Some(Seq(0))
+        );
         order.fill_failed(&conv());
         order.connection_lost();
-        assert_eq!(order.accept(text(5), Source::Stream).fill_after, Some(Seq(0)));
+        assert_eq!(
+            order.accept(text(5), Source::Stream).fill_after,
+            Some(Seq(0))
+        );
     }
 }
