@@ -49,6 +49,9 @@ async fn direct_chat_reaches_every_device_of_both_users() {
         assert_eq!(got[0].sender.as_str(), "alice");
         assert_eq!(got[0].sender_device.as_str(), "phone");
     }
+    for client in [&alice_phone, &_alice_laptop, &bob] {
+        common::assert_exactly_once(client);
+    }
 }
 
 #[tokio::test]
@@ -236,6 +239,9 @@ async fn concurrent_senders_in_one_group_see_one_order() {
             .collect();
         let expected: Vec<String> = (0..PER_MEMBER).map(|n| format!("{index}-{n}")).collect();
         assert_eq!(mine, expected);
+    }
+    for (client, _) in &clients {
+        common::assert_exactly_once(client);
     }
 }
 

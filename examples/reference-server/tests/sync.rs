@@ -123,6 +123,7 @@ async fn reconnecting_during_traffic_loses_and_duplicates_nothing() {
             }
         }
         cursors = bob.cursors();
+        common::assert_exactly_once(&bob);
         bob.close().await;
         assert!(sessions < 500, "no progress");
     }
@@ -207,6 +208,7 @@ async fn sync_backlog_and_live_traffic_meet_without_gap_or_duplicate() {
     let expected: Vec<String> = (0..BACKLOG + 100).map(|n| n.to_string()).collect();
     common::assert_same(&texts, &expected);
     assert_eq!(bob.cursors().get(&id), Some(&Seq((BACKLOG + 100) as u64)));
+    common::assert_exactly_once(&bob);
 }
 
 fn conversation(

@@ -184,6 +184,18 @@ pub async fn connect_with(config: ClientConfig) -> (Client, Events) {
     (client, events)
 }
 
+/// Asserts the server's stream to `client` needed no repair: no entry came twice, none was
+/// skipped and filled from `history` by the client (its events cannot show either: the
+/// client repairs both before it surfaces anything).
+#[allow(dead_code)]
+pub fn assert_exactly_once(client: &Client) {
+    assert_eq!(
+        client.repairs(),
+        messenger_socket::client::RepairCounts::default(),
+        "the server sent duplicates or skipped entries"
+    );
+}
+
 /// Collects the next `count` message entries of `conversation` (skipping other events).
 pub async fn messages(
     events: &mut Events,
