@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use messenger_core::Error;
@@ -25,6 +26,9 @@ pub trait DynFanoutBackend: Send + Sync + 'static {
     /// [`FanoutBackend::deliver`], boxed.
     fn deliver_dyn(&self, request: Deliver) -> BoxFuture<'_, DeliveryReport>;
 
+    /// [`FanoutBackend::shutdown`], boxed.
+    fn shutdown_dyn(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
     /// The name of the backend's type, for `Debug` output.
     fn backend_type(&self) -> &'static str;
 }
@@ -32,6 +36,10 @@ pub trait DynFanoutBackend: Send + Sync + 'static {
 impl<B: FanoutBackend> DynFanoutBackend for B {
     fn deliver_dyn(&self, request: Deliver) -> BoxFuture<'_, DeliveryReport> {
         Box::pin(self.deliver(request))
+    }
+
+    fn shutdown_dyn(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.shutdown())
     }
 
     fn backend_type(&self) -> &'static str {
@@ -55,13 +63,17 @@ impl FanoutBackend for Arc<dyn DynFanoutBackend> {
     ) -> impl Future<Output = Result<DeliveryReport, Error>> + Send {
         self.as_ref().deliver_dyn(request)
     }
+
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        self.as_ref().shutdown_dyn()
+    }
 }
 
 impl Fanout<Arc<dyn DynFanoutBackend>> {
     /// Wraps `backend` behind [`DynFanoutBackend`], so fanouts of different backend types
-    /// have one type, [`DynFanout`]. To keep a handle on the backend (for
-    /// `KafkaFanout::shutdown`, say), share it instead:
-    /// `Fanout::new(Arc::clone(&backend) as Arc<dyn DynFanoutBackend>)`.
+    /// have one type, [`DynFanout`]; [`Fanout::shutdown`] still reaches the backend's
+    /// [`FanoutBackend::shutdown`]. To keep a handle on the backend (for its counters, say),
+    /// share it instead: `Fanout::new(Arc::clone(&backend) as Arc<dyn DynFanoutBackend>)`.
     ///
     /// ```
     /// use messenger_core::UserId;

@@ -61,9 +61,10 @@
 //! `presence::conformance`).
 //!
 //! A backend chosen at run time: [`Fanout::new_dyn`] erases the type of any backend, so the
-//! local and the Kafka fanout have one type, [`DynFanout`] (see [`DynFanoutBackend`]). There
-//! is no URL constructor: both backends need this node's connections (and Kafka the presence
-//! registry), which only the caller has.
+//! local and the Kafka fanout have one type, [`DynFanout`] (see [`DynFanoutBackend`]).
+//! [`connect`] builds the one a URL names (`local:`, `kafka://...`) from this node's
+//! connections and presence registry, and [`event_stream`] the stream of domain events beside
+//! it.
 //!
 
 use std::future::Future;
@@ -75,12 +76,14 @@ use messenger_core::fanout::{Deliver, DeliveryReport};
 pub mod bus;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod connect;
 mod dynamic;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod local;
 pub mod presence;
 
+pub use connect::{EventPublisher, connect, event_stream};
 pub use dynamic::{DynFanout, DynFanoutBackend};
 
 /// What a fanout backend implements: one plain async method.
@@ -100,6 +103,14 @@ pub trait FanoutBackend: Send + Sync + 'static {
         &self,
         request: Deliver,
     ) -> impl Future<Output = Result<DeliveryReport, Error>> + Send;
+
+    /// Leaves the cluster when the node drains, after its connections are gone: stops
+    /// consuming and lets other nodes stop routing here (the Kafka fanout deletes this node's
+    /// topic). Failures are logged, not returned: the node is going away. Default: nothing to
+    /// do.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// The fanout as a [`tower::Service`] for [`Deliver`], over any [`FanoutBackend`].
@@ -124,6 +135,11 @@ impl<B: FanoutBackend> Fanout<B> {
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// [`FanoutBackend::shutdown`]: leaves the cluster when the node drains.
+    pub async fn shutdown(&self) {
+        self.backend.shutdown().await;
     }
 }
 

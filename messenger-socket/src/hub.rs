@@ -2,6 +2,7 @@
 //! presence. The fanout hands events to it through [`LocalDelivery`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll, Waker};
 
@@ -196,18 +197,34 @@ impl ConnectionHandle {
     }
 }
 
-/// Every live connection of this node.
+/// Every live connection of this node. Made by [`Node`](crate::engine::Node) only, so an
+/// engine and its fanout share one.
 #[derive(Debug, Default)]
 pub struct Hub {
     connections: RwLock<HashMap<UserId, Vec<ConnectionHandle>>>,
     members: MemberCache,
     watchers: Mutex<HashMap<UserId, HashMap<u64, ConnectionHandle>>>,
+    /// Whether an engine serves this hub ([`Hub::bind`]).
+    bound: AtomicBool,
+    /// Whether a delivery to an unbound hub was logged already.
+    warned: AtomicBool,
 }
 
 impl Hub {
     /// An empty hub.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Marks the hub as served by an engine.
+    pub(crate) fn bind(&self) {
+        self.bound.store(true, Ordering::Release);
+    }
+
+    /// Whether an engine serves this hub: a fanout delivering to a hub no engine serves
+    /// reaches no connection.
+    pub fn is_bound(&self) -> bool {
+        self.bound.load(Ordering::Acquire)
     }
 
     /// The node's member cache: the hub drops an entry when a membership change of its
@@ -352,6 +369,12 @@ pub(crate) fn event_frame(event: &Event) -> Option<ServerFrame> {
 
 impl LocalDelivery for Hub {
     fn deliver_local(&self, recipients: &[UserId], event: &Event) -> usize {
+        if !self.is_bound() && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "a fanout delivers to a hub no engine serves: give the fanout the hub of the \
+                 Node passed to Engine::new (node.hub())"
+            );
+        }
         if let Event::Message { message } = event {
             if message.body.is_membership_change() {
                 self.members.invalidate(&message.conversation);

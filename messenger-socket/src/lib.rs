@@ -9,8 +9,8 @@
 //! - [`serve_connection`] runs the protocol (`docs/protocol.md`) on one WebSocket, over any
 //!   byte stream: one client of the engine.
 //! - [`Server`] is the HTTP side: `GET /ws`, `/healthz`, `/readyz`, connection limit, drain.
-//! - [`hub::Hub`] is the node's registry of local connections; the local fanout delivers
-//!   through it.
+//! - [`Node`] is this process's place in the cluster: its id and its [`hub::Hub`], the
+//!   registry of local connections the local fanout delivers through.
 //! - [`auth`]: dev tokens and signed tokens (JWT). The presence registries (memory, Redis)
 //!   live in `messenger_fanout::presence`.
 //! - [`media`]: media messages: upload tickets, the upload and download endpoints, expiry.
@@ -32,7 +32,7 @@
 //! use messenger_fanout::{Fanout, local::LocalFanout};
 //! use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 //! use messenger_socket::auth::DevAuthenticator;
-//! use messenger_socket::{Engine, EngineConfig, Services, hub::Hub};
+//! use messenger_socket::{Engine, EngineConfig, Node, Services};
 //! use messenger_store::{EmbeddedStore, Store};
 //! use tokio_tungstenite::WebSocketStream;
 //! use tokio_tungstenite::tungstenite::{Message, protocol::Role};
@@ -41,16 +41,16 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let store = Store::new(EmbeddedStore::open(dir.path().join("messages.db"))?);
-//! let hub = Hub::new();
+//! let node = Node::single();
 //! let services = Services {
 //!     // The sequencer learns each conversation's floor from the store.
 //!     sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
-//!     fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+//!     fanout: Fanout::new(LocalFanout::new(node.hub())),
 //!     store,
 //!     auth: DevAuthenticator,
 //!     presence: Presence::new(MemoryPresence::new()),
 //! };
-//! let engine = Engine::new(services, hub, EngineConfig::default());
+//! let engine = Engine::new(services, node, EngineConfig::default());
 //!
 //! let (server_side, client_side) = tokio::io::duplex(64 * 1024);
 //! tokio::spawn(async move {
@@ -90,9 +90,9 @@ mod server;
 #[cfg(feature = "server")]
 pub use connection::serve_connection;
 #[cfg(feature = "server")]
-pub use engine::{Backends, Engine, EngineConfig, EventSink, Services};
+pub use engine::{Backends, Engine, EngineConfig, EventSink, Node, Services};
 #[cfg(feature = "server")]
-pub use server::{Server, ServerConfig};
+pub use server::{Server, ServerConfig, bind, shutdown_signal};
 
 /// The guides under `docs/`, as rustdoc pages: their Rust code blocks are compiled and run by
 /// `cargo test --doc`, so they cannot drift from the API.

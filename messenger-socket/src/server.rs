@@ -53,6 +53,54 @@ impl Default for ServerConfig {
     }
 }
 
+/// A listener on `address` with `SO_REUSEADDR` and a backlog of 4096, plus `SO_REUSEPORT`
+/// when `reuse_port` is set, so several server processes share one port and the kernel
+/// spreads new connections over them.
+///
+/// # Errors
+/// When the address cannot be bound, or `reuse_port` on a system that is not Unix.
+pub fn bind(address: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        #[cfg(unix)]
+        socket.set_reuseport(true)?;
+        #[cfg(not(unix))]
+        return Err(std::io::Error::other("SO_REUSEPORT needs a Unix system"));
+    }
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
+/// Completes on Ctrl-C or, on Unix, `SIGTERM`: the `shutdown` of [`Server::run`] for a
+/// process that drains when its supervisor stops it.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
 struct AppState<B> {
     node: Engine<B>,
     permits: Arc<Semaphore>,
@@ -297,21 +345,21 @@ mod tests {
 
     use super::*;
     use crate::auth::DevAuthenticator;
-    use crate::hub::Hub;
+    use crate::engine::Node;
     use crate::{Engine, EngineConfig, Services};
     use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 
     fn node(dir: &std::path::Path) -> Engine<impl Backends> {
         let store = Store::new(EmbeddedStore::open(dir.join("m.db")).unwrap());
-        let hub = Hub::new();
+        let node = Node::single();
         let services = Services {
             sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
-            fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+            fanout: Fanout::new(LocalFanout::new(node.hub())),
             store,
             auth: DevAuthenticator,
             presence: Presence::new(MemoryPresence::new()),
         };
-        Engine::new(services, hub, EngineConfig::default())
+        Engine::new(services, node, EngineConfig::default())
     }
 
     /// Every socket the server accepts, HTTP or WebSocket, has `TCP_NODELAY` set (read back

@@ -3,7 +3,6 @@
 //! client's frames do (sequenced, fanned out, receipts), and refusals carry the protocol codes.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -18,7 +17,7 @@ use messenger_socket::engine::layer::PerUserRateLimitLayer;
 use messenger_socket::engine::{
     AddMembers, CreateGroup, GetPresence, MarkReceipt, ReadHistory, SendMessage, SetTyping,
 };
-use messenger_socket::{Backends, Engine, EngineConfig, Server, ServerConfig, Services, hub::Hub};
+use messenger_socket::{Backends, Engine, EngineConfig, Node, Server, ServerConfig, Services};
 use messenger_store::{EmbeddedStore, Store};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -59,16 +58,16 @@ async fn device(url: &str, token: &str) -> Ws {
 fn engine() -> (Engine<impl Backends>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(EmbeddedStore::open(dir.path().join("messages.db")).unwrap());
-    let hub = Hub::new();
+    let node = Node::single();
     let engine = Engine::new(
         Services {
             sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
-            fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+            fanout: Fanout::new(LocalFanout::new(node.hub())),
             store,
             auth: DevAuthenticator,
             presence: Presence::new(MemoryPresence::new()),
         },
-        hub,
+        node,
         EngineConfig::default(),
     );
     (engine, dir)

@@ -2,7 +2,6 @@
 //! allocated but never stored is resolved as void, and the entries around it are delivered in
 //! order.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -13,7 +12,7 @@ use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 use messenger_fanout::{Fanout, local::LocalFanout};
 use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 use messenger_socket::auth::DevAuthenticator;
-use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services, hub::Hub};
+use messenger_socket::{Engine, EngineConfig, Node, Server, ServerConfig, Services};
 use messenger_store::{EmbeddedStore, Store};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -58,18 +57,18 @@ async fn a_seq_that_is_never_stored_becomes_void_and_order_holds() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(EmbeddedStore::open(dir.path().join("messages.db")).unwrap());
     let sequencer = Sequencer::new(MemorySequencer::new(store.clone()));
-    let hub = Hub::new();
+    let this_node = Node::single();
     let mut config = EngineConfig::default();
     config.void_after = Duration::from_millis(300);
     let node = Engine::new(
         Services {
             store: store.clone(),
             sequencer: sequencer.clone(),
-            fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+            fanout: Fanout::new(LocalFanout::new(this_node.hub())),
             auth: DevAuthenticator,
             presence: Presence::new(MemoryPresence::new()),
         },
-        hub,
+        this_node,
         config,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

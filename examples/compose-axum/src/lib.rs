@@ -35,6 +35,7 @@ use messenger_fanout::local::LocalFanout;
 use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 use messenger_sequencer::Sequencer;
 use messenger_sequencer::memory::MemorySequencer;
+use messenger_socket::Node;
 use messenger_socket::engine::{
     Engine, EngineConfig, OpenDirect, ReadHistory, SendMessage, Services,
 };
@@ -124,18 +125,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let store = Store::new(EmbeddedStore::open(data_dir.join("messages.db"))?);
-    let hub = Hub::new();
+    let node = Node::single();
     let sessions = Sessions::default();
     let services = Services {
         sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
-        fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+        fanout: Fanout::new(LocalFanout::new(node.hub())),
         store,
         auth: sessions.clone(),
         presence: Presence::new(MemoryPresence::new()),
     };
     // The bot reads the engine's domain events.
     let (events, bot_events) = mpsc::unbounded_channel();
-    let engine = Engine::new(services, hub, EngineConfig::default()).with_event_sink(Arc::new(
+    let engine = Engine::new(services, node, EngineConfig::default()).with_event_sink(Arc::new(
         move |event| {
             let _ = events.send(event);
         },

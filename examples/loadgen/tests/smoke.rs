@@ -7,7 +7,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_fanout::Fanout;
@@ -15,8 +14,8 @@ use messenger_fanout::local::LocalFanout;
 use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 use messenger_sequencer::Sequencer;
 use messenger_sequencer::memory::MemorySequencer;
+use messenger_socket::Node;
 use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator};
-use messenger_socket::hub::Hub;
 use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services};
 use messenger_store::{EmbeddedConfig, EmbeddedStore, Store};
 use serde_json::Value;
@@ -34,15 +33,15 @@ fn start_messenger(data: &Path) -> String {
         runtime.block_on(async move {
             let embedded = EmbeddedStore::open_with(EmbeddedConfig::new(path)).expect("store");
             let store = Store::new(embedded);
-            let hub = Hub::new();
+            let this_node = Node::single();
             let services = Services {
                 store: store.clone(),
                 sequencer: Sequencer::new(MemorySequencer::new(store)),
-                fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+                fanout: Fanout::new(LocalFanout::new(this_node.hub())),
                 auth: AnyAuthenticator::Dev(DevAuthenticator),
                 presence: Presence::new(MemoryPresence::new()),
             };
-            let node = Engine::new(services, hub, EngineConfig::default());
+            let node = Engine::new(services, this_node, EngineConfig::default());
             let server = Server::new(node, ServerConfig::default());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await

@@ -5,21 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use messenger_core::presence::NodeId;
-use messenger_fanout::bus::EventBus;
-use messenger_fanout::local::LocalFanout;
-use messenger_fanout::presence::DynPresence;
-use messenger_fanout::{DynFanout, Fanout};
-use messenger_sequencer::DynSequencer;
 use messenger_socket::auth::{AnyAuthenticator, DevAuthenticator, JwtAuthenticator};
-use messenger_socket::hub::Hub;
 use messenger_socket::media::{self, MediaConfig};
-use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services};
-use messenger_store::DynStore;
+use messenger_socket::{Engine, EngineConfig, Node, Server, ServerConfig, Services};
+use messenger_socket::{bind, shutdown_signal};
 use tower::ServiceBuilder;
 use tracing_subscriber::EnvFilter;
 
@@ -231,46 +223,143 @@ fn init_logs(format: LogFormat) {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.kafka.is_some() && args.redis.is_none() {
+        return Err("--kafka needs --redis: the presence registry tells nodes apart".into());
+    }
+    if args.redis.is_some() && args.kafka.is_none() {
+        tracing::warn!("--redis without --kafka: events reach only this node's connections");
+    }
     let auth = authenticator(&args)?;
     let url = store_url(&args);
     let store = messenger_store::connect(&url)
         .await
         .map_err(|err| format!("cannot use the store {}: {err}", scheme(&url)))?;
-    tracing::info!(store = scheme(&url), "store");
-    serve(store, auth, args).await
+    let node = match (&args.node_id, &args.redis) {
+        (Some(id), _) => Node::new(id.as_str()),
+        (None, Some(_)) => Node::random(),
+        (None, None) => Node::single(),
+    };
+    // The cluster: sequencer and presence in this process or on Redis (the sequencer learns
+    // each conversation's floor from the store, so seqs continue after a restart), fanout and
+    // domain events in this process or on Kafka.
+    let redis = args.redis.as_deref().unwrap_or("memory:");
+    let sequencer = messenger_sequencer::connect(redis, store.clone())
+        .await
+        .map_err(|err| format!("--redis: {err}"))?;
+    let lease = Duration::from_millis(args.lease_ms);
+    let presence = messenger_fanout::presence::connect(redis.split(','), node.id().clone(), lease)
+        .await
+        .map_err(|err| format!("cannot start the presence registry: {err}"))?;
+    let kafka = args
+        .kafka
+        .as_ref()
+        .map_or("local:".into(), |b| format!("kafka://{b}"));
+    let fanout = messenger_fanout::connect(&kafka, node.id().clone(), node.hub(), presence.clone())
+        .await
+        .map_err(|err| format!("cannot start the fanout: {err}"))?;
+    let events = messenger_fanout::event_stream(&kafka, &args.events_topic)
+        .await
+        .map_err(|err| format!("cannot start the event stream: {err}"))?;
+    tracing::info!(store = scheme(&url), fanout = scheme(&kafka), node = %node.id(), "backends");
+
+    let listener = bind(args.listen, args.reuse_port)
+        .map_err(|err| format!("cannot listen on {}: {err}", args.listen))?;
+    let address = listener.local_addr()?;
+    let media_dir = args
+        .media_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("media"));
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    let mut media_config = MediaConfig::new(&media_dir, public_url);
+    media_config.max_bytes = args.media_max_bytes;
+    media_config.ticket_ttl = Duration::from_millis(args.media_ticket_ttl_ms);
+    media_config.sweep_interval = Duration::from_millis(args.media_sweep_ms.max(1));
+    media_config.secret = args
+        .media_secret
+        .as_ref()
+        .map(|secret| secret.as_bytes().to_vec());
+    let storage = match args.media_store.as_str() {
+        "local" => media::local_storage(media_dir.join("objects")),
+        url => media::storage_from_url(url),
+    }
+    .map_err(|err| {
+        format!(
+            "cannot use the media store {}: {err}",
+            scheme(&args.media_store)
+        )
+    })?;
+
+    let mut config = EngineConfig::default();
+    config.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
+    config.outbound_queue = args.outbound_queue;
+    config.write_timeout = Duration::from_millis(args.write_timeout_ms);
+    config.limits.max_group_members = args.max_group_members;
+    config.limits.frames_per_second = args.frames_per_second;
+    let services = Services {
+        store: ServiceBuilder::new()
+            .timeout(Duration::from_millis(args.store_timeout_ms))
+            .service(store),
+        sequencer,
+        fanout: fanout.clone(),
+        auth,
+        presence: presence.clone(),
+    };
+    let mut engine = Engine::new(services, node, config);
+    if let Some(events) = events {
+        engine = engine.with_event_sink(events);
+    }
+    let engine = engine
+        .with_media(media_config, storage)
+        .map_err(|err| format!("cannot use {} for media: {err}", media_dir.display()))?;
+    tokio::spawn(media::run_sweeper(engine.clone()));
+
+    let mut server_config = ServerConfig::default();
+    server_config.max_connections = args.max_connections;
+    server_config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    server_config.read_buffer_size = args.read_buffer_bytes;
+    let server = Server::new(engine.clone(), server_config).with_routes(media::router(&engine));
+    tracing::info!(%address, "listening");
+    // Tests and scripts read this line to find the port.
+    println!("listening on {address}");
+    server.run(listener, shutdown_signal()).await?;
+    // Every connection is closed (and unregistered): leave the cluster.
+    fanout.shutdown().await;
+    if let Err(err) = presence.release().await {
+        tracing::warn!(error = %err, "could not release the presence lease");
+    }
+    tracing::info!(member_cache = ?engine.member_cache_stats(), "stopped");
+    Ok(())
 }
 
 /// `--auth`: dev tokens or HS256 JWTs.
 fn authenticator(args: &Args) -> Result<AnyAuthenticator, Box<dyn std::error::Error>> {
-    Ok(match args.auth {
-        AuthMode::Dev => {
-            tracing::warn!("dev auth: tokens `user:device` are trusted as is");
-            AnyAuthenticator::Dev(DevAuthenticator)
-        }
-        AuthMode::Jwt => {
-            let secret = args
-                .jwt_secret
-                .as_deref()
-                .ok_or("--auth jwt needs --jwt-secret (or MESSENGER_JWT_SECRET)")?;
-            let mut jwt = JwtAuthenticator::hs256(secret.as_bytes());
-            if let Some(issuer) = &args.jwt_issuer {
-                jwt = jwt.with_issuer(issuer);
-            }
-            if let Some(audience) = &args.jwt_audience {
-                jwt = jwt.with_audience(audience);
-            }
-            AnyAuthenticator::Jwt(jwt)
-        }
-    })
+    if let AuthMode::Dev = args.auth {
+        tracing::warn!("dev auth: tokens `user:device` are trusted as is");
+        return Ok(AnyAuthenticator::Dev(DevAuthenticator));
+    }
+    let secret = args
+        .jwt_secret
+        .as_deref()
+        .ok_or("--auth jwt needs --jwt-secret (or MESSENGER_JWT_SECRET)")?;
+    let mut jwt = JwtAuthenticator::hs256(secret.as_bytes());
+    if let Some(issuer) = &args.jwt_issuer {
+        jwt = jwt.with_issuer(issuer);
+    }
+    if let Some(audience) = &args.jwt_audience {
+        jwt = jwt.with_audience(audience);
+    }
+    Ok(AnyAuthenticator::Jwt(jwt))
 }
 
 /// `--store` as a `messenger_store::connect` URL: `embedded` is the file `messages.db` in
 /// `--data-dir`, and an embedded store without a `durability` option takes `--durability`.
 fn store_url(args: &Args) -> String {
-    let url = if args.store == "embedded" {
-        format!("embedded:{}", args.data_dir.join("messages.db").display())
-    } else {
-        args.store.clone()
+    let url = match args.store.as_str() {
+        "embedded" => format!("embedded:{}", args.data_dir.join("messages.db").display()),
+        other => other.to_owned(),
     };
     if !url.starts_with("embedded:") || url.contains("durability=") {
         return url;
@@ -286,294 +375,4 @@ fn store_url(args: &Args) -> String {
 /// What a URL may show in logs: its scheme, never a password.
 fn scheme(url: &str) -> &str {
     url.split_once(':').map_or(url, |(scheme, _)| scheme)
-}
-
-/// Composes a node over `store` and serves it until a shutdown signal.
-async fn serve(
-    store: DynStore,
-    auth: AnyAuthenticator,
-    args: Args,
-) -> Result<(), Box<dyn std::error::Error>> {
-    if args.kafka.is_some() && args.redis.is_none() {
-        return Err("--kafka needs --redis: the presence registry tells nodes apart".into());
-    }
-    let node_id: NodeId = Arc::from(args.node_id.clone().unwrap_or_else(|| {
-        if args.redis.is_some() {
-            format!("node-{:08x}", rand_u32())
-        } else {
-            "node-1".to_owned()
-        }
-    }));
-    let hub = Hub::new();
-    let cluster = Cluster::connect(&args, &node_id, store.clone(), &hub).await?;
-    let store = ServiceBuilder::new()
-        .timeout(Duration::from_millis(args.store_timeout_ms))
-        .service(store);
-
-    let mut config = EngineConfig::default();
-    config.node_id = Arc::clone(&node_id);
-    config.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
-    config.outbound_queue = args.outbound_queue;
-    config.write_timeout = Duration::from_millis(args.write_timeout_ms);
-    config.limits.max_group_members = args.max_group_members;
-    config.limits.frames_per_second = args.frames_per_second;
-    let bus = EventBus::new(4096);
-    let events = cluster.events.clone();
-    let services = Services {
-        store,
-        sequencer: cluster.sequencer.clone(),
-        fanout: cluster.fanout.clone(),
-        auth,
-        presence: cluster.presence.clone(),
-    };
-    let listener = listen(args.listen, args.reuse_port)
-        .map_err(|err| format!("cannot listen on {}: {err}", args.listen))?;
-    let address = listener.local_addr()?;
-
-    let media_dir = args
-        .media_dir
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("media"));
-    let mut media_config = MediaConfig::new(
-        &media_dir,
-        args.public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{address}")),
-    );
-    media_config.max_bytes = args.media_max_bytes;
-    media_config.ticket_ttl = Duration::from_millis(args.media_ticket_ttl_ms);
-    media_config.sweep_interval = Duration::from_millis(args.media_sweep_ms.max(1));
-    media_config.secret = args
-        .media_secret
-        .as_ref()
-        .map(|secret| secret.as_bytes().to_vec());
-    let storage = media_storage(&args.media_store, &media_dir)?;
-    let node = Engine::new(services, hub, config)
-        .with_event_sink(Arc::new(move |event| {
-            if let Some(events) = &events {
-                events.publish(event.clone());
-            }
-            bus.publish(event);
-        }))
-        .with_media(media_config, storage)
-        .map_err(|err| format!("cannot use {} for media: {err}", media_dir.display()))?;
-    tokio::spawn(media::run_sweeper(node.clone()));
-    let stats_node = node.clone();
-
-    let mut server_config = ServerConfig::default();
-    server_config.max_connections = args.max_connections;
-    server_config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
-    server_config.read_buffer_size = args.read_buffer_bytes;
-    let server = Server::new(node.clone(), server_config).with_routes(media::router(&node));
-    tracing::info!(%address, node = %node_id, "listening");
-    // Tests and scripts read this line to find the port.
-    println!("listening on {address}");
-    server.run(listener, shutdown_signal()).await?;
-    // Every connection is closed (and unregistered): leave the cluster.
-    cluster.leave().await;
-    let stats = stats_node.member_cache_stats();
-    tracing::info!(
-        hits = stats.hits,
-        misses = stats.misses,
-        invalidations = stats.invalidations,
-        hit_rate = stats.hit_rate(),
-        "member cache"
-    );
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// A random number for node ids, without a dependency: the standard library's hasher is
-/// seeded randomly per process.
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, RandomState};
-    let hash = RandomState::new().hash_one(std::process::id());
-    u32::try_from(hash & u64::from(u32::MAX)).unwrap_or_default()
-}
-
-/// The Kafka fanout, kept to delete its topic when the node leaves.
-#[cfg(feature = "kafka")]
-type KafkaFanout = messenger_fanout::kafka::KafkaFanout<Arc<Hub>, DynPresence>;
-
-/// The parts of a node that other nodes share: sequencer, presence, fanout, event stream.
-struct Cluster {
-    sequencer: DynSequencer,
-    presence: DynPresence,
-    fanout: DynFanout,
-    #[cfg(feature = "kafka")]
-    kafka: Option<Arc<KafkaFanout>>,
-    events: Option<Arc<EventStream>>,
-}
-
-/// Where domain events go besides the in-process bus.
-#[derive(Debug)]
-enum EventStream {
-    #[cfg(feature = "kafka")]
-    Kafka(messenger_fanout::kafka::KafkaEventSink),
-}
-
-impl EventStream {
-    fn publish(&self, event: messenger_core::DomainEvent) {
-        #[cfg(feature = "kafka")]
-        match self {
-            Self::Kafka(sink) => sink.publish(event),
-        }
-        #[cfg(not(feature = "kafka"))]
-        {
-            let _ = event;
-            match *self {}
-        }
-    }
-}
-
-impl Cluster {
-    /// Joins the cluster the flags name (or stays alone without `--redis`). The sequencer
-    /// learns each conversation's floor from the store, so seqs continue after a restart (and,
-    /// with a shared store, after another node's writes: a conflict fences it forward).
-    async fn connect(
-        args: &Args,
-        node: &NodeId,
-        store: DynStore,
-        hub: &Arc<Hub>,
-    ) -> Result<Self, Box<dyn std::error::Error>> {
-        let sequencer =
-            messenger_sequencer::connect(args.redis.as_deref().unwrap_or("memory:"), store)
-                .await
-                .map_err(|err| format!("--redis: {err}"))?;
-        // In this process, or on the `--redis` servers with a node lease.
-        let presence = messenger_fanout::presence::connect(
-            args.redis.as_deref().unwrap_or("memory:").split(','),
-            Arc::clone(node),
-            Duration::from_millis(args.lease_ms),
-        )
-        .await
-        .map_err(|err| format!("cannot start the presence registry: {err}"))?;
-        let mut cluster = Self {
-            sequencer,
-            presence,
-            fanout: Fanout::new_dyn(LocalFanout::new(Arc::clone(hub))),
-            #[cfg(feature = "kafka")]
-            kafka: None,
-            events: None,
-        };
-        match (&args.redis, &args.kafka) {
-            (None, _) => {}
-            (Some(_), None) => tracing::warn!(
-                "--redis without --kafka: events reach only this node's connections; run one \
-                 node, or give every node --kafka"
-            ),
-            (Some(_), Some(brokers)) => cluster.kafka(args, brokers, node, hub).await?,
-        }
-        Ok(cluster)
-    }
-
-    /// `--kafka`: the fanout between nodes and the domain event stream.
-    #[cfg(feature = "kafka")]
-    async fn kafka(
-        &mut self,
-        args: &Args,
-        brokers: &str,
-        node: &NodeId,
-        hub: &Arc<Hub>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        use messenger_fanout::DynFanoutBackend;
-        use messenger_fanout::kafka::{KafkaEventSink, KafkaFanoutConfig};
-
-        let config = KafkaFanoutConfig::new(brokers, Arc::clone(node));
-        let fanout = KafkaFanout::start(config, Arc::clone(hub), self.presence.clone())
-            .await
-            .map_err(|err| format!("cannot start the Kafka fanout on {brokers}: {err}"))?;
-        let events = KafkaEventSink::new(brokers, &args.events_topic)
-            .await
-            .map_err(|err| format!("cannot start the Kafka event stream on {brokers}: {err}"))?;
-        tracing::info!(%brokers, topic = %args.events_topic, "kafka fanout and events");
-        let fanout = Arc::new(fanout);
-        self.fanout = Fanout::new(Arc::clone(&fanout) as Arc<dyn DynFanoutBackend>);
-        self.kafka = Some(fanout);
-        self.events = Some(Arc::new(EventStream::Kafka(events)));
-        Ok(())
-    }
-
-    #[cfg(not(feature = "kafka"))]
-    async fn kafka(
-        &mut self,
-        _args: &Args,
-        _brokers: &str,
-        _node: &NodeId,
-        _hub: &Arc<Hub>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        Err("this build has no Kafka support: build with `cargo build --release -p reference-server --features kafka`".into())
-    }
-
-    /// Leaves the cluster after the drain: deletes this node's fanout topic and releases its
-    /// presence lease (its devices are gone already; any left are removed).
-    async fn leave(&self) {
-        #[cfg(feature = "kafka")]
-        if let Some(fanout) = &self.kafka {
-            fanout.shutdown().await;
-        }
-        if let Err(err) = self.presence.release().await {
-            tracing::warn!(error = %err, "could not release the presence lease");
-        }
-    }
-}
-
-/// `--media-store`: `local` (under the media directory), or a URL for
-/// `media::storage_from_url` (`file:///PATH`, `s3://...` with the `s3` feature).
-fn media_storage(
-    spec: &str,
-    media_dir: &std::path::Path,
-) -> Result<Arc<dyn media::ObjectStore>, Box<dyn std::error::Error>> {
-    if spec == "local" {
-        let objects = media_dir.join("objects");
-        return media::local_storage(&objects).map_err(|err| {
-            format!("cannot use {} for media objects: {err}", objects.display()).into()
-        });
-    }
-    if spec.starts_with("s3://") && !cfg!(feature = "s3") {
-        return Err("this build has no S3 support: build with `cargo build --release -p reference-server --features s3`".into());
-    }
-    media::storage_from_url(spec)
-        .map_err(|err| format!("cannot use the media store {}: {err}", scheme(spec)).into())
-}
-
-/// Binds the listener, with SO_REUSEPORT when asked (Unix only).
-fn listen(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if address.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    if reuse_port {
-        #[cfg(unix)]
-        socket.set_reuseport(true)?;
-        #[cfg(not(unix))]
-        return Err(std::io::Error::other("--reuse-port needs a Unix system"));
-    }
-    socket.bind(address)?;
-    socket.listen(4096)
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

@@ -28,7 +28,7 @@ use messenger_sequencer::Sequencer;
 use messenger_sequencer::memory::MemorySequencer;
 use messenger_socket::auth::DevAuthenticator;
 use messenger_socket::hub::Hub;
-use messenger_socket::{Engine, EngineConfig, Server, ServerConfig, Services};
+use messenger_socket::{Engine, EngineConfig, Node, Server, ServerConfig, Services};
 use messenger_store::{EmbeddedStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
@@ -246,17 +246,14 @@ pub fn start(
     let link = Arc::new(Link::default());
     let mut engines = Vec::with_capacity(2);
     for (index, listener) in listeners.into_iter().enumerate() {
-        let node: NodeId = Arc::from(format!("node-{}", index + 1));
-        let hub = Hub::new();
-        link.attach(Arc::clone(&node), Arc::clone(&hub));
+        let node = Node::new(format!("node-{}", index + 1));
+        link.attach(Arc::clone(node.id()), node.hub());
         let fanout = Fanout::new(LinkedFanout {
-            node: Arc::clone(&node),
-            hub: Arc::clone(&hub),
+            node: Arc::clone(node.id()),
+            hub: node.hub(),
             presence: presence.clone(),
             link: Arc::clone(&link),
         });
-        let mut config = EngineConfig::default();
-        config.node_id = node;
         let engine = Engine::new(
             Services {
                 store: store.clone(),
@@ -265,8 +262,8 @@ pub fn start(
                 auth: DevAuthenticator,
                 presence: presence.clone(),
             },
-            hub,
-            config,
+            node,
+            EngineConfig::default(),
         );
         let server = Server::new(engine.clone(), ServerConfig::default());
         tokio::spawn(server.run(listener, std::future::pending()));

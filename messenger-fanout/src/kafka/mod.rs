@@ -344,6 +344,11 @@ where
     async fn deliver(&self, request: Deliver) -> Result<DeliveryReport, Error> {
         self.deliver_event(request).await
     }
+
+    /// See [`KafkaFanout::shutdown`].
+    async fn shutdown(&self) {
+        KafkaFanout::shutdown(self).await;
+    }
 }
 
 impl<D, P> fmt::Debug for KafkaFanout<D, P> {

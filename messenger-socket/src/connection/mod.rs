@@ -65,14 +65,14 @@ where
     B: Backends,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let config = node.config().clone();
+    let config = node.config();
     let identity = match timeout(config.hello_timeout, hello(&node, &mut ws)).await {
         Err(_) => {
-            close_with(&mut ws, close::HELLO_TIMEOUT, "no hello in time", &config).await;
+            close_with(&mut ws, close::HELLO_TIMEOUT, "no hello in time", config).await;
             return;
         }
         Ok(Err(Some((code, reason)))) => {
-            close_with(&mut ws, code, &reason, &config).await;
+            close_with(&mut ws, code, &reason, config).await;
             return;
         }
         Ok(Err(None)) => return,
@@ -93,7 +93,7 @@ where
         RegisterDevice {
             user: identity.user.clone(),
             device: identity.device.clone(),
-            node: config.node_id.clone(),
+            node: node.node_id().clone(),
             connection: handle.id,
             at: now,
         },
@@ -116,7 +116,6 @@ where
     // What stays alive in this task while the connection idles is its memory per
     // connection: the rare, large steps (closing, finishing) are boxed so they take room only
     // while they run.
-    drop(config);
     let end = connection.run(&mut ws).await;
     match end {
         End::Close(code, reason) => {
@@ -394,7 +393,7 @@ impl<B: Backends> Connection<B> {
             UnregisterDevice {
                 user: user.clone(),
                 device: self.identity.device.clone(),
-                node: node.config().node_id.clone(),
+                node: node.node_id().clone(),
                 connection: self.handle.id,
                 at: now,
             },

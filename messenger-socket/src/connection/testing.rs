@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::{self, protocol::Role};
 
 use super::serve_connection;
 use crate::auth::DevAuthenticator;
+use crate::engine::Node;
 use crate::engine::{CreateGroup, Engine};
 use crate::hub::{ConnectionHandle, Hub};
 use crate::{EngineConfig, Services};
@@ -51,16 +52,16 @@ impl Harness {
     pub(super) fn with_config(config: EngineConfig) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Store::new(EmbeddedStore::open(dir.path().join("m.db")).expect("a store"));
-        let hub = Hub::new();
+        let node = Node::single();
         let engine = Engine::new(
             Services {
                 sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
-                fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+                fanout: Fanout::new(LocalFanout::new(node.hub())),
                 store,
                 auth: DevAuthenticator,
                 presence: Presence::new(MemoryPresence::new()),
             },
-            hub,
+            node,
             config,
         );
         Harness { engine, _dir: dir }

@@ -17,8 +17,7 @@
 //! use messenger_fanout::{Fanout, local::LocalFanout};
 //! use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 //! use messenger_socket::auth::DevAuthenticator;
-//! use messenger_socket::engine::{Engine, EngineConfig, OpenDirect, SendMessage, Services};
-//! use messenger_socket::hub::Hub;
+//! use messenger_socket::engine::{Engine, EngineConfig, Node, OpenDirect, SendMessage, Services};
 //! use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 //! use messenger_store::{EmbeddedStore, Store};
 //!
@@ -26,15 +25,15 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let store = Store::new(EmbeddedStore::open(dir.path().join("messages.db"))?);
-//! let hub = Hub::new();
+//! let node = Node::single();
 //! let services = Services {
 //!     sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
-//!     fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+//!     fanout: Fanout::new(LocalFanout::new(node.hub())),
 //!     store,
 //!     auth: DevAuthenticator,
 //!     presence: Presence::new(MemoryPresence::new()),
 //! };
-//! let engine = Engine::new(services, hub, EngineConfig::default());
+//! let engine = Engine::new(services, node, EngineConfig::default());
 //!
 //! // A bot posts as `alice` from its own device: no WebSocket involved.
 //! let alice = Identity::new(UserId::new("alice")?, DeviceId::new("bot")?);
@@ -62,6 +61,7 @@ pub(crate) mod holes;
 pub mod layer;
 pub(crate) mod media;
 mod membership;
+mod node;
 mod pipeline;
 mod requests;
 
@@ -82,6 +82,7 @@ use messenger_core::{
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
+pub use self::node::Node;
 pub(crate) use self::pipeline::Prepared;
 pub use self::requests::{
     AddMembers, CreateGroup, GetMembers, GetPresence, LeaveGroup, ListConversations, MarkReceipt,
@@ -168,8 +169,6 @@ where
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EngineConfig {
-    /// This node's id in the cluster. Default: `"node-1"`.
-    pub node_id: NodeId,
     /// How long a new connection may take to send `hello`. Default: 10 s.
     pub hello_timeout: Duration,
     /// Interval of WebSocket pings. Default: 30 s.
@@ -199,7 +198,6 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            node_id: Arc::from("node-1"),
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
@@ -234,7 +232,7 @@ impl<B> Clone for Engine<B> {
 impl<B> fmt::Debug for Engine<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
-            .field("node_id", &self.inner.config.node_id)
+            .field("node", &self.inner.node_id)
             .field("connections", &self.inner.hub.connection_count())
             .finish_non_exhaustive()
     }
@@ -242,6 +240,7 @@ impl<B> fmt::Debug for Engine<B> {
 
 pub(crate) struct EngineInner<B> {
     services: B,
+    node_id: NodeId,
     hub: Arc<Hub>,
     config: EngineConfig,
     next_connection: AtomicU64,
@@ -253,14 +252,17 @@ pub(crate) struct EngineInner<B> {
 }
 
 impl<B: Backends> Engine<B> {
-    /// An engine over `services`, delivering local events through `hub` (give the same hub to
-    /// the local fanout).
-    pub fn new(services: B, hub: Arc<Hub>, config: EngineConfig) -> Self {
+    /// The engine of `node` over `services`: its connections register in `node`'s hub, the
+    /// one `services.fanout` delivers to ([`Node::hub`]).
+    pub fn new(services: B, node: Node, config: EngineConfig) -> Self {
+        let (node_id, hub) = node.into_parts();
         let (shutdown, _) = watch::channel(false);
+        hub.bind();
         hub.members().set_ttl(config.members_cache_ttl);
         Self {
             inner: Arc::new(EngineInner {
                 services,
+                node_id,
                 hub,
                 config,
                 next_connection: AtomicU64::new(1),
@@ -306,6 +308,11 @@ impl<B: Backends> Engine<B> {
     /// The engine's config.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.node_id
     }
 
     /// The hub of this node's connections.

@@ -111,24 +111,24 @@ mod tests {
 
     use super::*;
     use crate::auth::DevAuthenticator;
+    use crate::engine::Node;
     use crate::engine::{EngineConfig, Services};
-    use crate::hub::Hub;
 
     #[tokio::test]
     async fn a_status_moves_once_with_its_events() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(EmbeddedStore::open(dir.path().join("m.db")).unwrap());
-        let hub = Hub::new();
+        let this_node = Node::single();
         let services = Services {
             sequencer: Sequencer::new(MemorySequencer::new(store.clone())),
-            fanout: Fanout::new(LocalFanout::new(Arc::clone(&hub))),
+            fanout: Fanout::new(LocalFanout::new(this_node.hub())),
             store: store.clone(),
             auth: DevAuthenticator,
             presence: Presence::new(MemoryPresence::new()),
         };
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
-        let node = Engine::new(services, hub, EngineConfig::default())
+        let node = Engine::new(services, this_node, EngineConfig::default())
             .with_event_sink(Arc::new(move |event| sink.lock().unwrap().push(event)));
 
         let alice = UserId::new("alice").unwrap();
