@@ -18,32 +18,47 @@ pub enum Event {
         message: Arc<Message>,
     },
     /// A member's receipt watermarks moved.
-    Receipt {
-        /// The conversation.
-        conversation: ConversationId,
-        /// The new watermarks.
-        receipts: Receipts,
-    },
+    Receipt(ReceiptUpdate),
     /// Someone is typing (or stopped).
-    Typing {
-        /// The conversation.
-        conversation: ConversationId,
-        /// Who.
-        user: UserId,
-        /// On which device.
-        device: DeviceId,
-        /// Typing now (`false`: stopped).
-        active: bool,
-    },
+    Typing(TypingUpdate),
     /// A user came online or went offline.
-    Presence {
-        /// Who.
-        user: UserId,
-        /// Whether any of their devices is connected.
-        online: bool,
-        /// Their last-seen time.
-        last_seen: Option<Timestamp>,
-    },
+    Presence(PresenceUpdate),
+}
+
+/// A member's receipt watermarks moved: [`Event::Receipt`], and the `receipt` frame
+/// ([`ServerFrame::Receipt`](crate::protocol::ServerFrame::Receipt)) it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptUpdate {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The new watermarks.
+    pub receipts: Receipts,
+}
+
+/// Someone is typing (or stopped): [`Event::Typing`], and the `typing` frame
+/// ([`ServerFrame::Typing`](crate::protocol::ServerFrame::Typing)) it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingUpdate {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Who.
+    pub user: UserId,
+    /// On which device.
+    pub device: DeviceId,
+    /// Typing now (`false`: stopped).
+    pub active: bool,
+}
+
+/// A user came online or went offline: [`Event::Presence`], and the `presence` frame
+/// ([`ServerFrame::Presence`](crate::protocol::ServerFrame::Presence)) it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceUpdate {
+    /// Who.
+    pub user: UserId,
+    /// Whether any of their devices is connected.
+    pub online: bool,
+    /// Their last-seen time.
+    pub last_seen: Option<Timestamp>,
 }
 
 /// A state change, published on the event bus for analytics and other services.

@@ -34,7 +34,7 @@ pub mod service;
 pub mod store;
 
 pub use error::{BoxError, Error, ErrorKind, Result};
-pub use event::{DomainEvent, Event};
+pub use event::{DomainEvent, Event, PresenceUpdate, ReceiptUpdate, TypingUpdate};
 pub use id::{ClientMsgId, ConversationId, DeviceId, InvalidId, RequestId, Seq, Timestamp, UserId};
 pub use model::{
     Body, Conversation, ConversationKind, ConversationSummary, MAX_GROUP_MEMBERS,

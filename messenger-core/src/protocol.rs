@@ -10,8 +10,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ClientMsgId, Conversation, ConversationId, ConversationSummary, DeviceId, Member, Message,
-    Receipts, RequestId, Role, Seq, Timestamp, UserId,
+    ClientMsgId, Conversation, ConversationId, ConversationSummary, DeviceId, Event, Member,
+    Message, PresenceUpdate, ReceiptUpdate, Receipts, RequestId, Role, Seq, Timestamp,
+    TypingUpdate, UserId,
 };
 
 /// The protocol version this crate speaks.
@@ -318,6 +319,21 @@ pub struct UploadTicket {
     pub expires_at: Timestamp,
 }
 
+/// The frame a pushed [`Event`] becomes on a device's connection: the same payload, as
+/// `message`, `receipt`, `typing` or `presence`.
+impl From<&Event> for ServerFrame {
+    fn from(event: &Event) -> Self {
+        match event {
+            Event::Message { message } => ServerFrame::Message {
+                message: Arc::clone(message),
+            },
+            Event::Receipt(update) => ServerFrame::Receipt(update.clone()),
+            Event::Typing(update) => ServerFrame::Typing(update.clone()),
+            Event::Presence(update) => ServerFrame::Presence(update.clone()),
+        }
+    }
+}
+
 /// A frame the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -360,32 +376,11 @@ pub enum ServerFrame {
         conversations: Vec<ConversationSummary>,
     },
     /// A member's receipt watermarks moved.
-    Receipt {
-        /// The conversation.
-        conversation: ConversationId,
-        /// The new watermarks.
-        receipts: Receipts,
-    },
+    Receipt(ReceiptUpdate),
     /// Someone is typing.
-    Typing {
-        /// The conversation.
-        conversation: ConversationId,
-        /// Who.
-        user: UserId,
-        /// Which device.
-        device: DeviceId,
-        /// `false`: stopped.
-        active: bool,
-    },
+    Typing(TypingUpdate),
     /// A subscribed user came online or went offline.
-    Presence {
-        /// Who.
-        user: UserId,
-        /// Whether any of their devices is connected.
-        online: bool,
-        /// Their last-seen time.
-        last_seen: Option<Timestamp>,
-    },
+    Presence(PresenceUpdate),
     /// Answer to `open_direct`, `create_group` and `members`.
     Conversation {
         /// The request id.

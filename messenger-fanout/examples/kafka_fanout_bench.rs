@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use messenger_core::fanout::{Deliver, LocalDelivery};
 use messenger_core::presence::{ListNodes, LookupPresence, NodeId, OnlineDevice};
-use messenger_core::{ConversationId, DeviceId, Error, Event, Receipts, Seq, UserId, call};
+use messenger_core::{
+    ConversationId, DeviceId, Error, Event, ReceiptUpdate, Receipts, Seq, UserId, call,
+};
 use messenger_fanout::Fanout;
 use messenger_fanout::kafka::{KafkaFanout, KafkaFanoutConfig};
 
@@ -83,7 +85,7 @@ impl Recorder {
 impl LocalDelivery for Recorder {
     fn deliver_local(&self, recipients: &[UserId], event: &Event) -> usize {
         let now = Instant::now();
-        if let Event::Receipt { receipts, .. } = event {
+        if let Event::Receipt(ReceiptUpdate { receipts, .. }) = event {
             let mut clock = self.clock();
             if let Some(slot) = clock.received.get_mut(receipts.read.0 as usize) {
                 if slot.is_none() {
@@ -97,14 +99,14 @@ impl LocalDelivery for Recorder {
 }
 
 fn event(conversation: &ConversationId, seq: u64) -> Event {
-    Event::Receipt {
+    Event::Receipt(ReceiptUpdate {
         conversation: conversation.clone(),
         receipts: Receipts {
             user: UserId::new("alice").unwrap_or_else(|_| unreachable!()),
             delivered: Seq(seq),
             read: Seq(seq),
         },
-    }
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

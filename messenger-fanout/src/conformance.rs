@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use messenger_core::fanout::{Deliver, DeliveryReport, FanoutService, LocalDelivery};
-use messenger_core::{ConversationId, DeviceId, Event, UserId, call};
+use messenger_core::{ConversationId, DeviceId, Event, TypingUpdate, UserId, call};
 
 /// Runs every check, each on a fresh fanout that `make` builds around a fresh
 /// [`RecordingDelivery`].
@@ -43,13 +43,13 @@ fn user(name: &str) -> UserId {
 pub fn sample_event(label: &str) -> Event {
     let alice = user("alice");
     let id = format!("g:conformance-{label}");
-    Event::Typing {
+    Event::Typing(TypingUpdate {
         conversation: ConversationId::new(&id)
             .unwrap_or_else(|err| panic!("{id} is not a valid id: {err}")),
         user: alice,
         device: DeviceId::new("phone").unwrap_or_else(|err| panic!("bad device id: {err}")),
         active: true,
-    }
+    })
 }
 
 async fn deliver<S: FanoutService>(

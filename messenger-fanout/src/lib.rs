@@ -12,7 +12,7 @@
 //! use std::sync::Arc;
 //!
 //! use messenger_core::fanout::{Deliver, DeliveryReport, LocalDelivery};
-//! use messenger_core::{call, ConversationId, DeviceId, Event, UserId};
+//! use messenger_core::{call, ConversationId, DeviceId, Event, TypingUpdate, UserId};
 //! use messenger_fanout::local::LocalFanout;
 //! use messenger_fanout::Fanout;
 //!
@@ -31,12 +31,12 @@
 //! let fanout = Fanout::new(LocalFanout::new(OneConnectionEach));
 //! let alice = UserId::new("alice")?;
 //! let bob = UserId::new("bob")?;
-//! let event = Event::Typing {
+//! let event = Event::Typing(TypingUpdate {
 //!     conversation: ConversationId::direct(&alice, &bob)?,
 //!     user: alice.clone(),
 //!     device: DeviceId::new("phone")?,
 //!     active: true,
-//! };
+//! });
 //! let report = call(&fanout, Deliver { recipients: Arc::from([bob]), event }).await?;
 //! assert_eq!(report, DeliveryReport { local_connections: 1, remote_nodes: 0 });
 //! # Ok(())

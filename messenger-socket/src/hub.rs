@@ -8,7 +8,7 @@ use std::task::{Context, Poll, Waker};
 
 use messenger_core::fanout::LocalDelivery;
 use messenger_core::protocol::ServerFrame;
-use messenger_core::{DeviceId, Event, Message, Timestamp, UserId};
+use messenger_core::{DeviceId, Event, Message, PresenceUpdate, Timestamp, TypingUpdate, UserId};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::members::MemberCache;
@@ -313,11 +313,11 @@ impl Hub {
             }
         };
         let frame = Utf8Bytes::from(
-            ServerFrame::Presence {
+            ServerFrame::Presence(PresenceUpdate {
                 user: user.clone(),
                 online,
                 last_seen,
-            }
+            })
             .to_json(),
         );
         for target in targets {
@@ -328,43 +328,6 @@ impl Hub {
             })));
         }
     }
-}
-
-/// The frame an event becomes on the wire.
-pub(crate) fn event_frame(event: &Event) -> Option<ServerFrame> {
-    Some(match event {
-        Event::Message { message } => ServerFrame::Message {
-            message: Arc::clone(message),
-        },
-        Event::Receipt {
-            conversation,
-            receipts,
-        } => ServerFrame::Receipt {
-            conversation: conversation.clone(),
-            receipts: receipts.clone(),
-        },
-        Event::Typing {
-            conversation,
-            user,
-            device,
-            active,
-        } => ServerFrame::Typing {
-            conversation: conversation.clone(),
-            user: user.clone(),
-            device: device.clone(),
-            active: *active,
-        },
-        Event::Presence {
-            user,
-            online,
-            last_seen,
-        } => ServerFrame::Presence {
-            user: user.clone(),
-            online: *online,
-            last_seen: *last_seen,
-        },
-        _ => return None,
-    })
 }
 
 impl LocalDelivery for Hub {
@@ -380,13 +343,11 @@ impl LocalDelivery for Hub {
                 self.members.invalidate(&message.conversation);
             }
         }
-        let Some(frame) = event_frame(event) else {
-            return 0;
-        };
+        let frame = ServerFrame::from(event);
         // Serialized once, shared by every connection.
         let text = Utf8Bytes::from(frame.to_json());
         let typist = match event {
-            Event::Typing { user, device, .. } => Some((user, device)),
+            Event::Typing(TypingUpdate { user, device, .. }) => Some((user, device)),
             _ => None,
         };
         let connections = self

@@ -8,7 +8,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use messenger_core::auth::Identity;
 use messenger_core::protocol::{ErrorCode, NewBody, ServerFrame};
-use messenger_core::{Body, ClientMsgId, DeviceId, ErrorKind, ReceiptKind, Seq, UserId, call};
+use messenger_core::{
+    Body, ClientMsgId, DeviceId, ErrorKind, ReceiptKind, ReceiptUpdate, Seq, TypingUpdate, UserId,
+    call,
+};
 use messenger_fanout::presence::{Presence, memory::MemoryPresence};
 use messenger_fanout::{Fanout, local::LocalFanout};
 use messenger_sequencer::{Sequencer, memory::MemorySequencer};
@@ -156,7 +159,7 @@ async fn service_calls_reach_connected_devices_in_order() {
     .await
     .unwrap();
     loop {
-        if let ServerFrame::Receipt { receipts, .. } = frame(&mut bob).await {
+        if let ServerFrame::Receipt(ReceiptUpdate { receipts, .. }) = frame(&mut bob).await {
             assert_eq!(receipts.user.as_str(), "alice");
             assert_eq!(receipts.read, Seq(6));
             break;
@@ -173,7 +176,7 @@ async fn service_calls_reach_connected_devices_in_order() {
     .await
     .unwrap();
     loop {
-        if let ServerFrame::Typing { user, active, .. } = frame(&mut bob).await {
+        if let ServerFrame::Typing(TypingUpdate { user, active, .. }) = frame(&mut bob).await {
             assert_eq!(user.as_str(), "alice");
             assert!(active);
             break;

@@ -15,7 +15,7 @@ use common::{Raw, Server, next_frame, raw, send_json};
 use futures_util::{SinkExt, StreamExt};
 use messenger_core::protocol::ServerFrame;
 use messenger_core::store::ReadRange;
-use messenger_core::{ConversationId, Seq, call};
+use messenger_core::{ConversationId, ReceiptUpdate, Seq, call};
 use messenger_socket::client::{Client, ClientConfig};
 use messenger_store::Store;
 use messenger_store::embedded::EmbeddedStore;
@@ -129,7 +129,9 @@ async fn full_history(
         let (messages, head) = loop {
             match next_frame(ws).await {
                 ServerFrame::History { messages, head, .. } => break (messages, head),
-                ServerFrame::Message { .. } | ServerFrame::Receipt { .. } => continue,
+                ServerFrame::Message { .. } | ServerFrame::Receipt(ReceiptUpdate { .. }) => {
+                    continue;
+                }
                 other => panic!("expected history, got {other:?}"),
             }
         };

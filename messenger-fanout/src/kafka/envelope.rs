@@ -75,17 +75,17 @@ pub(super) fn decode(payload: &[u8]) -> Result<Envelope, DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use messenger_core::{ConversationId, DeviceId};
+    use messenger_core::{ConversationId, DeviceId, TypingUpdate};
 
     use super::*;
 
     fn typing() -> Event {
-        Event::Typing {
+        Event::Typing(TypingUpdate {
             conversation: ConversationId::new("g:lunch").unwrap(),
             user: UserId::new("alice").unwrap(),
             device: DeviceId::new("phone").unwrap(),
             active: true,
-        }
+        })
     }
 
     #[test]

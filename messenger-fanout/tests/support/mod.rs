@@ -9,7 +9,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use messenger_core::presence::{ListNodes, LookupPresence, NodeId, OnlineDevice};
-use messenger_core::{ConversationId, DeviceId, Error, Event, Receipts, Seq, UserId};
+use messenger_core::{
+    ConversationId, DeviceId, Error, Event, ReceiptUpdate, Receipts, Seq, UserId,
+};
 use messenger_fanout::Fanout;
 use messenger_fanout::conformance::RecordingDelivery;
 use messenger_fanout::kafka::{KafkaFanout, KafkaFanoutConfig};
@@ -48,14 +50,14 @@ pub fn user(name: &str) -> UserId {
 
 /// A receipt event whose watermarks are `seq`: distinct per seq, one conversation.
 pub fn receipt(conversation: &str, reader: &str, seq: u64) -> Event {
-    Event::Receipt {
+    Event::Receipt(ReceiptUpdate {
         conversation: ConversationId::new(conversation).unwrap(),
         receipts: Receipts {
             user: user(reader),
             delivered: Seq(seq),
             read: Seq(seq),
         },
-    }
+    })
 }
 
 /// The seqs of the receipt events in `events`, in order.
@@ -63,7 +65,7 @@ pub fn receipt_seqs(events: &[Event]) -> Vec<u64> {
     events
         .iter()
         .filter_map(|event| match event {
-            Event::Receipt { receipts, .. } => Some(receipts.read.0),
+            Event::Receipt(ReceiptUpdate { receipts, .. }) => Some(receipts.read.0),
             _ => None,
         })
         .collect()

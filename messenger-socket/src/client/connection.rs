@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use messenger_core::protocol::{ClientFrame, NewBody, PROTOCOL_VERSION, ServerFrame};
 use messenger_core::{
-    ClientMsgId, ConversationId, DeviceId, Error, ErrorKind, Message, RequestId, Seq, UserId,
+    ClientMsgId, ConversationId, DeviceId, Error, ErrorKind, Message, PresenceUpdate,
+    ReceiptUpdate, RequestId, Seq, TypingUpdate, UserId,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -508,29 +509,29 @@ impl Driver {
                 self.push_event(ClientEvent::Synced(conversations));
                 self.flush_delivered(socket).await?;
             }
-            ServerFrame::Receipt {
+            ServerFrame::Receipt(ReceiptUpdate {
                 conversation,
                 receipts,
-            } => self.push_event(ClientEvent::Receipt {
+            }) => self.push_event(ClientEvent::Receipt {
                 conversation,
                 receipts,
             }),
-            ServerFrame::Typing {
+            ServerFrame::Typing(TypingUpdate {
                 conversation,
                 user,
                 device,
                 active,
-            } => self.push_event(ClientEvent::Typing {
+            }) => self.push_event(ClientEvent::Typing {
                 conversation,
                 user,
                 device,
                 active,
             }),
-            ServerFrame::Presence {
+            ServerFrame::Presence(PresenceUpdate {
                 user,
                 online,
                 last_seen,
-            } => self.push_event(ClientEvent::Presence {
+            }) => self.push_event(ClientEvent::Presence {
                 user,
                 online,
                 last_seen,

@@ -1,10 +1,10 @@
 //! Presence subscriptions: `subscribe_presence`, `unsubscribe_presence`, and the presence
 //! frames written for them (a snapshot at subscription, then live changes).
 
+use messenger_core::{PresenceUpdate, RequestId, UserId};
 use std::collections::HashSet;
 
 use messenger_core::protocol::{ErrorCode, ServerFrame};
-use messenger_core::{RequestId, UserId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -48,11 +48,11 @@ impl<B: Backends> Connection<B> {
         tokio::spawn(async move {
             if let Ok(states) = node.presence_of(GetPresence { users }).await {
                 for state in states {
-                    let frame = ServerFrame::Presence {
+                    let frame = ServerFrame::Presence(PresenceUpdate {
                         user: state.user.clone(),
                         online: state.online,
                         last_seen: state.last_seen,
-                    };
+                    });
                     handle.push(Outbound::Presence(Box::new(PresenceFrame {
                         user: state.user,
                         text: Utf8Bytes::from(frame.to_json()),
@@ -114,7 +114,7 @@ impl<B: Backends> Connection<B> {
 #[cfg(test)]
 mod tests {
     use messenger_core::protocol::{ErrorCode, ServerFrame};
-    use messenger_core::{Timestamp, UserId};
+    use messenger_core::{PresenceUpdate, Timestamp, UserId};
     use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     use super::super::testing::{Harness, frames_until_pong, next_frame, send};
@@ -138,7 +138,7 @@ mod tests {
         ));
         assert!(matches!(
             next_frame(&mut peer).await,
-            ServerFrame::Presence { online: false, .. }
+            ServerFrame::Presence(PresenceUpdate { online: false, .. })
         ));
 
         // Carol comes online (live), then a stale snapshot of the same subscription arrives.
@@ -146,11 +146,11 @@ mod tests {
         let handle = harness.handle_of("alice");
         let frame = |online: bool| {
             Utf8Bytes::from(
-                ServerFrame::Presence {
+                ServerFrame::Presence(PresenceUpdate {
                     user: carol.clone(),
                     online,
                     last_seen: Some(Timestamp(5)),
-                }
+                })
                 .to_json(),
             )
         };
@@ -165,7 +165,7 @@ mod tests {
             .await
             .into_iter()
             .filter_map(|frame| match frame {
-                ServerFrame::Presence { online, .. } => Some(online),
+                ServerFrame::Presence(PresenceUpdate { online, .. }) => Some(online),
                 _ => None,
             })
             .collect();
@@ -197,11 +197,11 @@ mod tests {
             .push(Outbound::Presence(Box::new(PresenceFrame {
                 user: carol.clone(),
                 text: Utf8Bytes::from(
-                    ServerFrame::Presence {
+                    ServerFrame::Presence(PresenceUpdate {
                         user: carol,
                         online: true,
                         last_seen: None,
-                    }
+                    })
                     .to_json(),
                 ),
                 snapshot: false,

@@ -20,7 +20,7 @@ use messenger_core::store::{
 };
 use messenger_core::{
     ClientMsgId, ConversationId, ConversationSummary, DomainEvent, Error, Event, Message,
-    ReceiptKind, Receipts, Role, Seq, UserId, call,
+    ReceiptKind, ReceiptUpdate, Receipts, Role, Seq, TypingUpdate, UserId, call,
 };
 
 use super::{Backends, Engine};
@@ -346,10 +346,10 @@ impl<B: Backends> Engine<B> {
             });
             self.deliver(
                 recipients,
-                Event::Receipt {
+                Event::Receipt(ReceiptUpdate {
                     conversation,
                     receipts: updated.receipts.clone(),
-                },
+                }),
             )
             .await;
         }
@@ -366,12 +366,12 @@ impl<B: Backends> Engine<B> {
         let recipients: Arc<[UserId]> = info.members.iter().map(|m| m.user.clone()).collect();
         self.deliver(
             recipients,
-            Event::Typing {
+            Event::Typing(TypingUpdate {
                 conversation,
                 user: actor.user,
                 device: actor.device,
                 active,
-            },
+            }),
         )
         .await;
         Ok(())

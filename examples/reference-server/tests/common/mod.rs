@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use messenger_core::protocol::ServerFrame;
-use messenger_core::{ConversationId, Message, UserId};
+use messenger_core::{
+    ConversationId, Message, PresenceUpdate, ReceiptUpdate, TypingUpdate, UserId,
+};
 use messenger_socket::client::{Client, ClientConfig, ClientEvent, Events};
 use tokio_tungstenite::tungstenite;
 
@@ -292,9 +294,9 @@ pub async fn next_answer(ws: &mut Raw) -> ServerFrame {
     loop {
         match next_frame(ws).await {
             ServerFrame::Message { .. }
-            | ServerFrame::Receipt { .. }
-            | ServerFrame::Presence { .. }
-            | ServerFrame::Typing { .. } => continue,
+            | ServerFrame::Receipt(ReceiptUpdate { .. })
+            | ServerFrame::Presence(PresenceUpdate { .. })
+            | ServerFrame::Typing(TypingUpdate { .. }) => continue,
             answer => return answer,
         }
     }
