@@ -78,6 +78,7 @@ mod from_url;
 mod media;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+mod rule;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 

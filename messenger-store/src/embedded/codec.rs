@@ -1,5 +1,6 @@
 //! Conversions between the model of `messenger-core` and SQLite rows.
 
+use crate::rule::Rule;
 use std::str::FromStr;
 
 use messenger_core::{Conversation, ConversationKind, InvalidId, Message, Role, Seq, Timestamp};
@@ -16,12 +17,13 @@ pub(crate) const CONVERSATION_COLUMNS: &str = "id, kind, title, created_by, crea
 
 /// A number of the model as SQLite's signed 64-bit integer.
 pub(crate) fn to_sql(what: &'static str, value: u64) -> Result<i64, EmbeddedError> {
-    i64::try_from(value).map_err(|_| EmbeddedError::OutOfRange { what, value })
+    i64::try_from(value).map_err(|_| EmbeddedError::Rule(Rule::OutOfRange { what, value }))
 }
 
 /// A stored integer back as a number of the model.
 pub(crate) fn from_sql(what: &str, value: i64) -> Result<u64, EmbeddedError> {
-    u64::try_from(value).map_err(|_| EmbeddedError::Corrupt(format!("negative {what}: {value}")))
+    u64::try_from(value)
+        .map_err(|_| EmbeddedError::Rule(Rule::Corrupt(format!("negative {what}: {value}"))))
 }
 
 /// A stored seq back as a [`Seq`].
@@ -33,12 +35,13 @@ pub(crate) fn seq_from_sql(value: i64) -> Result<Seq, EmbeddedError> {
 pub(crate) fn parse_id<T: FromStr<Err = InvalidId>>(value: &str) -> Result<T, EmbeddedError> {
     value
         .parse()
-        .map_err(|err: InvalidId| EmbeddedError::Corrupt(err.to_string()))
+        .map_err(|err: InvalidId| EmbeddedError::Rule(Rule::Corrupt(err.to_string())))
 }
 
 /// A stored role back as a [`Role`].
 pub(crate) fn parse_role(value: &str) -> Result<Role, EmbeddedError> {
-    Role::parse(value).ok_or_else(|| EmbeddedError::Corrupt(format!("unknown role {value:?}")))
+    Role::parse(value)
+        .ok_or_else(|| EmbeddedError::Rule(Rule::Corrupt(format!("unknown role {value:?}"))))
 }
 
 /// A `messages` row as stored, decoded later outside SQLite's row callback.
@@ -106,7 +109,10 @@ impl RawConversation {
         Ok(Conversation {
             id: parse_id(&self.id)?,
             kind: ConversationKind::parse(&self.kind).ok_or_else(|| {
-                EmbeddedError::Corrupt(format!("unknown conversation kind {:?}", self.kind))
+                EmbeddedError::Rule(Rule::Corrupt(format!(
+                    "unknown conversation kind {:?}",
+                    self.kind
+                )))
             })?,
             title: self.title,
             created_by: parse_id(&self.created_by)?,

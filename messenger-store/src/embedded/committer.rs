@@ -12,6 +12,7 @@
 //! savepoint from the start. Failures (a seq taken, a receipt past the head) are rare, so the
 //! common batch pays no savepoints.
 
+use crate::rule::Rule;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -316,10 +317,10 @@ fn raise_head(conn: &Connection, conversation: &str, seq: Seq) -> Result<(), Emb
 
 fn append(conn: &Connection, message: &Arc<Message>) -> Result<Appended, EmbeddedError> {
     if message.seq == Seq::ZERO {
-        return Err(EmbeddedError::OutOfRange {
+        return Err(EmbeddedError::Rule(Rule::OutOfRange {
             what: "seq",
             value: 0,
-        });
+        }));
     }
     let conversation = message.conversation.as_str();
     if let Some(original) = codec::message_by_key(
@@ -339,10 +340,10 @@ fn append(conn: &Connection, message: &Arc<Message>) -> Result<Appended, Embedde
         });
     }
     if !insert_message(conn, message)? {
-        return Err(EmbeddedError::SeqTaken {
+        return Err(EmbeddedError::Rule(Rule::SeqTaken {
             conversation: message.conversation.clone(),
             seq: message.seq,
-        });
+        }));
     }
     project_membership(conn, message)?;
     Ok(Appended {
@@ -415,16 +416,18 @@ fn void_seq(
 ) -> Result<Arc<Message>, EmbeddedError> {
     let seq = to_sql("seq", request.seq.get())?;
     if seq == 0 {
-        return Err(EmbeddedError::OutOfRange {
+        return Err(EmbeddedError::Rule(Rule::OutOfRange {
             what: "seq",
             value: 0,
-        });
+        }));
     }
     let void = Message::void(request.conversation.clone(), request.seq, now);
     insert_message(conn, &void)?;
     codec::message_at(conn, request.conversation.as_str(), seq)?
         .map(Arc::new)
-        .ok_or_else(|| EmbeddedError::Corrupt(format!("seq {seq} vanished after its void")))
+        .ok_or_else(|| {
+            EmbeddedError::Rule(Rule::Corrupt(format!("seq {seq} vanished after its void")))
+        })
 }
 
 /// Inserts a void at every free seq of the range (`ON CONFLICT DO NOTHING`: an entry there
@@ -473,10 +476,10 @@ fn void_holes(
         .map(|raw| Ok(Arc::new(raw?.decode()?)))
         .collect::<Result<Vec<_>, EmbeddedError>>()?;
     if messages.len() as u64 != last.get() - first.get() + 1 {
-        return Err(EmbeddedError::Corrupt(format!(
+        return Err(EmbeddedError::Rule(Rule::Corrupt(format!(
             "{conversation}: {} entries in {first}..={last} after voiding its holes",
             messages.len()
-        )));
+        ))));
     }
     Ok(MessagePage { messages, head })
 }
@@ -527,11 +530,11 @@ fn update_receipt(
     let conversation = request.conversation.as_str();
     let head = codec::head(conn, conversation)?;
     if request.seq > head {
-        return Err(EmbeddedError::PastHead {
+        return Err(EmbeddedError::Rule(Rule::PastHead {
             conversation: request.conversation.clone(),
             seq: request.seq,
             head,
-        });
+        }));
     }
     let stored: Option<(i64, i64)> = conn
         .prepare_cached(
@@ -597,8 +600,8 @@ fn set_media_status(
     let conversation = update.conversation.as_str();
     let Some(media) = codec::message_at(conn, conversation, to_sql("seq", media_seq.get())?)?
     else {
-        return Err(EmbeddedError::Media(crate::media::MediaRefusal::NoEntry(
-            media_seq,
+        return Err(EmbeddedError::Rule(Rule::Media(
+            crate::media::MediaRefusal::NoEntry(media_seq),
         )));
     };
     match crate::media::decide(&media, update)? {
@@ -646,16 +649,16 @@ fn set_media_status(
 
 fn insert_update(conn: &Connection, update: &Message) -> Result<(), EmbeddedError> {
     if update.seq == Seq::ZERO {
-        return Err(EmbeddedError::OutOfRange {
+        return Err(EmbeddedError::Rule(Rule::OutOfRange {
             what: "seq",
             value: 0,
-        });
+        }));
     }
     if !insert_message(conn, update)? {
-        return Err(EmbeddedError::SeqTaken {
+        return Err(EmbeddedError::Rule(Rule::SeqTaken {
             conversation: update.conversation.clone(),
             seq: update.seq,
-        });
+        }));
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The embedded store's private errors, converted to [`messenger_core::Error`] at the edge.
 
-use messenger_core::{ConversationId, Error, ErrorKind, Seq};
+use messenger_core::{Error, ErrorKind};
 use rusqlite::ErrorCode;
 
 /// The backend name carried by every error of this backend.
@@ -8,35 +8,16 @@ pub(crate) const BACKEND: &str = "embedded";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum EmbeddedError {
-    #[error("seq {seq} of {conversation} already holds another entry")]
-    SeqTaken {
-        conversation: ConversationId,
-        seq: Seq,
-    },
-    #[error("receipt at seq {seq} is past the head {head} of {conversation}")]
-    PastHead {
-        conversation: ConversationId,
-        seq: Seq,
-        head: Seq,
-    },
-    #[error("{what} {value} is out of the store's integer range")]
-    OutOfRange { what: &'static str, value: u64 },
+    #[error(transparent)]
+    Rule(crate::rule::Rule),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("a stored row cannot be decoded: {0}")]
-    Corrupt(String),
-    #[error("a message body cannot be encoded or decoded")]
-    Json(#[from] serde_json::Error),
-    #[error("the database schema version {found} is newer than this build knows ({known})")]
-    SchemaTooNew { found: i64, known: i64 },
     #[error("the store's committer thread is gone")]
     CommitterGone,
     #[error("the store's committer thread cannot start")]
     Spawn(#[source] std::io::Error),
     #[error("a read task failed")]
     ReadTask(#[from] tokio::task::JoinError),
-    #[error(transparent)]
-    Media(#[from] crate::media::MediaRefusal),
     #[error("the batch was not committed: {0}")]
     BatchFailed(#[source] std::sync::Arc<rusqlite::Error>),
 }
@@ -44,18 +25,11 @@ pub(crate) enum EmbeddedError {
 impl EmbeddedError {
     fn kind(&self) -> ErrorKind {
         match self {
-            EmbeddedError::SeqTaken { .. } => ErrorKind::Conflict,
-            EmbeddedError::PastHead { .. } | EmbeddedError::OutOfRange { .. } => {
-                ErrorKind::InvalidRequest
-            }
-            EmbeddedError::Media(refusal) => refusal.kind(),
+            EmbeddedError::Rule(rule) => rule.kind(),
             EmbeddedError::Sqlite(err) => sqlite_kind(err),
             EmbeddedError::BatchFailed(err) => sqlite_kind(err),
             EmbeddedError::CommitterGone | EmbeddedError::Spawn(_) => ErrorKind::Unavailable,
-            EmbeddedError::Corrupt(_)
-            | EmbeddedError::Json(_)
-            | EmbeddedError::SchemaTooNew { .. }
-            | EmbeddedError::ReadTask(_) => ErrorKind::Unexpected,
+            EmbeddedError::ReadTask(_) => ErrorKind::Unexpected,
         }
     }
 }
@@ -77,6 +51,8 @@ fn sqlite_kind(err: &rusqlite::Error) -> ErrorKind {
         _ => ErrorKind::Unexpected,
     }
 }
+
+crate::rule::rule_conversions!(EmbeddedError);
 
 impl From<EmbeddedError> for Error {
     fn from(err: EmbeddedError) -> Self {

@@ -51,6 +51,7 @@ pub use self::config::{Durability, EmbeddedConfig};
 use self::error::EmbeddedError;
 use self::reader::ReadPool;
 use crate::StoreBackend;
+use crate::rule::Rule;
 
 /// The embedded backend: a SQLite file with a committer thread and a pool of readers.
 ///
@@ -201,9 +202,9 @@ impl Drop for EmbeddedStore {
 }
 
 fn mismatched() -> Error {
-    Error::from(EmbeddedError::Corrupt(
+    Error::from(EmbeddedError::Rule(Rule::Corrupt(
         "the committer answered with another operation's outcome".to_owned(),
-    ))
+    )))
 }
 
 impl StoreBackend for EmbeddedStore {

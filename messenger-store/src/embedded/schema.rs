@@ -1,5 +1,6 @@
 //! The database schema and its ordered migrations, tracked with `PRAGMA user_version`.
 
+use crate::rule::Rule;
 use rusqlite::Connection;
 
 use super::error::EmbeddedError;
@@ -68,10 +69,10 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), EmbeddedError> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         if found > VERSION {
-            return Err(EmbeddedError::SchemaTooNew {
+            return Err(EmbeddedError::Rule(Rule::SchemaTooNew {
                 found,
                 known: VERSION,
-            });
+            }));
         }
         let Some(migration) = usize::try_from(found)
             .ok()

@@ -30,6 +30,7 @@
 //! caller's retry with the same `client_msg_id` is what resolves that, as with a single
 //! append.
 
+use crate::rule::Rule;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -185,10 +186,10 @@ impl From<MysqlError> for Failed {
 pub(super) fn encode(message: &Message) -> Result<[Value; 7], MysqlError> {
     let seq = checked("seq", message.seq.get())?;
     if seq == 0 {
-        return Err(MysqlError::OutOfRange {
+        return Err(MysqlError::Rule(Rule::OutOfRange {
             what: "seq",
             value: 0,
-        });
+        }));
     }
     Ok([
         Value::from(message.conversation.as_str()),

@@ -1,5 +1,6 @@
 //! Conversions between the model of `messenger-core` and MySQL rows.
 
+use crate::rule::Rule;
 use std::str::FromStr;
 
 use messenger_core::{
@@ -23,7 +24,7 @@ const MAX: u64 = i64::MAX as u64;
 /// A number of the model, checked against the range every backend stores.
 pub(crate) fn checked(what: &'static str, value: u64) -> Result<u64, MysqlError> {
     if value > MAX {
-        return Err(MysqlError::OutOfRange { what, value });
+        return Err(MysqlError::Rule(Rule::OutOfRange { what, value }));
     }
     Ok(value)
 }
@@ -32,20 +33,25 @@ pub(crate) fn checked(what: &'static str, value: u64) -> Result<u64, MysqlError>
 pub(crate) fn parse_id<T: FromStr<Err = InvalidId>>(value: &str) -> Result<T, MysqlError> {
     value
         .parse()
-        .map_err(|err: InvalidId| MysqlError::Corrupt(err.to_string()))
+        .map_err(|err: InvalidId| MysqlError::Rule(Rule::Corrupt(err.to_string())))
 }
 
 /// A stored role back as a [`Role`].
 pub(crate) fn parse_role(value: &str) -> Result<Role, MysqlError> {
-    Role::parse(value).ok_or_else(|| MysqlError::Corrupt(format!("unknown role {value:?}")))
+    Role::parse(value)
+        .ok_or_else(|| MysqlError::Rule(Rule::Corrupt(format!("unknown role {value:?}"))))
 }
 
 /// Takes column `index` of `row` as a `T`.
 pub(crate) fn take<T: FromValue>(row: &mut Row, index: usize) -> Result<T, MysqlError> {
     match row.take_opt::<T, usize>(index) {
         Some(Ok(value)) => Ok(value),
-        Some(Err(err)) => Err(MysqlError::Corrupt(format!("column {index}: {err}"))),
-        None => Err(MysqlError::Corrupt(format!("column {index} is missing"))),
+        Some(Err(err)) => Err(MysqlError::Rule(Rule::Corrupt(format!(
+            "column {index}: {err}"
+        )))),
+        None => Err(MysqlError::Rule(Rule::Corrupt(format!(
+            "column {index} is missing"
+        )))),
     }
 }
 
@@ -72,8 +78,9 @@ pub(crate) fn decode_conversation(row: &mut Row) -> Result<Conversation, MysqlEr
     let created_at: u64 = take(row, 4)?;
     Ok(Conversation {
         id: parse_id(&id)?,
-        kind: ConversationKind::parse(&kind)
-            .ok_or_else(|| MysqlError::Corrupt(format!("unknown conversation kind {kind:?}")))?,
+        kind: ConversationKind::parse(&kind).ok_or_else(|| {
+            MysqlError::Rule(Rule::Corrupt(format!("unknown conversation kind {kind:?}")))
+        })?,
         title,
         created_by: parse_id::<UserId>(&created_by)?,
         created_at: Timestamp(created_at),

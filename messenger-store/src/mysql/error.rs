@@ -1,6 +1,7 @@
 //! The MySQL store's private errors, converted to [`messenger_core::Error`] at the edge.
 
-use messenger_core::{ConversationId, Error, ErrorKind, Seq};
+use crate::rule::Rule;
+use messenger_core::{Error, ErrorKind};
 use mysql_async::DriverError;
 
 /// The backend name carried by every error of this backend.
@@ -18,33 +19,10 @@ pub(crate) mod code {
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MysqlError {
-    #[error("seq {seq} of {conversation} already holds another entry")]
-    SeqTaken {
-        conversation: ConversationId,
-        seq: Seq,
-    },
-    #[error("receipt at seq {seq} is past the head {head} of {conversation}")]
-    PastHead {
-        conversation: ConversationId,
-        seq: Seq,
-        head: Seq,
-    },
-    #[error("{what} {value} is out of the store's integer range")]
-    OutOfRange { what: &'static str, value: u64 },
     #[error(transparent)]
-    Media(#[from] crate::media::MediaRefusal),
+    Rule(crate::rule::Rule),
     #[error("mysql: {0}")]
     Mysql(#[from] mysql_async::Error),
-    #[error("a stored row cannot be decoded: {0}")]
-    Corrupt(String),
-    #[error("a message body cannot be encoded or decoded")]
-    Json(#[from] serde_json::Error),
-    #[error("the database schema version {found} is newer than this build knows ({known})")]
-    SchemaTooNew { found: u64, known: u64 },
-    #[error(
-        "the database schema is at version {found}, this build needs {known}; migrations are off"
-    )]
-    SchemaTooOld { found: u64, known: u64 },
     #[error("no connection to the database within {0:?}")]
     ConnectTimeout(std::time::Duration),
     #[error("the migrations' lock was not granted")]
@@ -55,7 +33,10 @@ pub(crate) enum MysqlError {
 
 impl From<mysql_async::FromRowError> for MysqlError {
     fn from(err: mysql_async::FromRowError) -> Self {
-        MysqlError::Corrupt(format!("unexpected column types in {:?}", err.0))
+        MysqlError::Rule(Rule::Corrupt(format!(
+            "unexpected column types in {:?}",
+            err.0
+        )))
     }
 }
 
@@ -78,19 +59,11 @@ impl MysqlError {
 
     pub(crate) fn kind(&self) -> ErrorKind {
         match self {
-            MysqlError::SeqTaken { .. } => ErrorKind::Conflict,
-            MysqlError::PastHead { .. } | MysqlError::OutOfRange { .. } => {
-                ErrorKind::InvalidRequest
-            }
-            MysqlError::Media(refusal) => refusal.kind(),
+            MysqlError::Rule(rule) => rule.kind(),
             MysqlError::Mysql(err) => mysql_kind(err),
             MysqlError::ConnectTimeout(_)
             | MysqlError::MigrationLock
             | MysqlError::CommittersGone => ErrorKind::Unavailable,
-            MysqlError::Corrupt(_)
-            | MysqlError::Json(_)
-            | MysqlError::SchemaTooNew { .. }
-            | MysqlError::SchemaTooOld { .. } => ErrorKind::Unexpected,
         }
     }
 }
@@ -137,6 +110,8 @@ fn mysql_kind(err: &mysql_async::Error) -> ErrorKind {
         },
     }
 }
+
+crate::rule::rule_conversions!(MysqlError);
 
 impl From<MysqlError> for Error {
     fn from(err: MysqlError) -> Self {

@@ -62,6 +62,7 @@ use self::codec::{CONVERSATION_COLUMNS, MESSAGE_COLUMNS, checked, take};
 pub use self::config::MysqlConfig;
 use self::error::{MysqlError, code};
 use crate::StoreBackend;
+use crate::rule::Rule;
 
 /// Statements run on every new connection: READ COMMITTED (no gap locks, so concurrent appends
 /// to one conversation do not deadlock on them; every rule of the store rests on keys and
@@ -242,18 +243,19 @@ impl MysqlStore {
     async fn void_once(&self, request: &VoidSeq) -> Result<Arc<Message>, MysqlError> {
         let seq = checked("seq", request.seq.get())?;
         if seq == 0 {
-            return Err(MysqlError::OutOfRange {
+            return Err(MysqlError::Rule(Rule::OutOfRange {
                 what: "seq",
                 value: 0,
-            });
+            }));
         }
         let void = Message::void(request.conversation.clone(), request.seq, Timestamp::now());
         let mut tx = self.pool.start_transaction(TxOpts::default()).await?;
         insert_if_free(&mut tx, &void).await?;
         let held = codec::message_at(&mut tx, request.conversation.as_str(), seq).await?;
         tx.commit().await?;
-        held.map(Arc::new)
-            .ok_or_else(|| MysqlError::Corrupt(format!("seq {seq} vanished after its void")))
+        held.map(Arc::new).ok_or_else(|| {
+            MysqlError::Rule(Rule::Corrupt(format!("seq {seq} vanished after its void")))
+        })
     }
 
     /// Voids the free seqs of the range in one transaction, at READ COMMITTED whatever the
@@ -307,9 +309,9 @@ impl MysqlStore {
             messages = messages_between(&mut tx, conversation, low, high).await?;
         }
         tx.rollback().await?;
-        Err(MysqlError::Corrupt(format!(
+        Err(MysqlError::Rule(Rule::Corrupt(format!(
             "{conversation}: seqs of {low}..={high} stayed empty after {ROUNDS} rounds of voids"
-        )))
+        ))))
     }
 
     async fn create_once(&self, request: &CreateConversation) -> Result<Created, MysqlError> {
@@ -332,7 +334,7 @@ impl MysqlStore {
             let existing = codec::conversation(&mut tx, facts.id.as_str()).await?;
             tx.commit().await?;
             let existing = existing.ok_or_else(|| {
-                MysqlError::Corrupt(format!("conversation {} vanished", facts.id))
+                MysqlError::Rule(Rule::Corrupt(format!("conversation {} vanished", facts.id)))
             })?;
             return Ok(Created {
                 conversation: existing,
@@ -363,11 +365,11 @@ impl MysqlStore {
         let head = codec::head(&mut tx, conversation).await?;
         if request.seq > head {
             tx.rollback().await?;
-            return Err(MysqlError::PastHead {
+            return Err(MysqlError::Rule(Rule::PastHead {
                 conversation: request.conversation.clone(),
                 seq: request.seq,
                 head,
-            });
+            }));
         }
         // Make sure the row exists, then lock it: concurrent updates of one user's receipt
         // run one after the other, so `changed` and the answer are exact.
@@ -387,9 +389,9 @@ impl MysqlStore {
         let (delivered, read) = match stored {
             Some(mut row) => (Seq(take(&mut row, 0)?), Seq(take(&mut row, 1)?)),
             None => {
-                return Err(MysqlError::Corrupt(format!(
+                return Err(MysqlError::Rule(Rule::Corrupt(format!(
                     "the receipt row of {user} in {conversation} vanished"
-                )));
+                ))));
             }
         };
         let new_read = match request.kind {
@@ -433,9 +435,9 @@ impl MysqlStore {
             .await?;
         match row {
             Some(mut row) => Ok(Timestamp(take(&mut row, 0)?)),
-            None => Err(MysqlError::Corrupt(format!(
+            None => Err(MysqlError::Rule(Rule::Corrupt(format!(
                 "the last seen of {user} vanished"
-            ))),
+            )))),
         }
     }
 
@@ -506,16 +508,16 @@ impl MysqlStore {
         update: &Message,
     ) -> Result<(), MysqlError> {
         if update.seq == Seq::ZERO {
-            return Err(MysqlError::OutOfRange {
+            return Err(MysqlError::Rule(Rule::OutOfRange {
                 what: "seq",
                 value: 0,
-            });
+            }));
         }
         if !insert_if_free(tx, update).await? {
-            return Err(MysqlError::SeqTaken {
+            return Err(MysqlError::Rule(Rule::SeqTaken {
                 conversation: update.conversation.clone(),
                 seq: update.seq,
-            });
+            }));
         }
         Ok(())
     }
@@ -593,10 +595,10 @@ async fn append_alone(
 async fn append_once(pool: &Pool, message: &Arc<Message>) -> Result<Appended, MysqlError> {
     let seq = checked("seq", message.seq.get())?;
     if seq == 0 {
-        return Err(MysqlError::OutOfRange {
+        return Err(MysqlError::Rule(Rule::OutOfRange {
             what: "seq",
             value: 0,
-        });
+        }));
     }
     let row = message_row(message, seq)?;
     let conversation = message.conversation.as_str();
@@ -624,10 +626,10 @@ async fn append_once(pool: &Pool, message: &Arc<Message>) -> Result<Appended, My
             .await?;
             let Some(original) = original else {
                 tx.rollback().await?;
-                return Err(MysqlError::SeqTaken {
+                return Err(MysqlError::Rule(Rule::SeqTaken {
                     conversation: message.conversation.clone(),
                     seq: message.seq,
-                });
+                }));
             };
             if original.seq != message.seq {
                 // The retry was given a new seq: fill it with a void so no hole is left.

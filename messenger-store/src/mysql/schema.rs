@@ -6,6 +6,7 @@
 //! advisory lock `messenger_store_migrations` (`GET_LOCK`) so only one migrates at a time.
 //! A migration interrupted half-way is therefore simply run again on the next start.
 
+use crate::rule::Rule;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 
@@ -145,10 +146,10 @@ async fn migrate_locked(conn: &mut Conn) -> Result<(), MysqlError> {
     .await?;
     let found = version(conn).await?;
     if found > VERSION {
-        return Err(MysqlError::SchemaTooNew {
-            found,
-            known: VERSION,
-        });
+        return Err(MysqlError::Rule(Rule::SchemaTooNew {
+            found: wide(found),
+            known: wide(VERSION),
+        }));
     }
     for (index, (description, statements)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         for statement in *statements {
@@ -170,13 +171,18 @@ pub(crate) async fn check(conn: &mut Conn) -> Result<(), MysqlError> {
     let found = version(conn).await?;
     match found.cmp(&VERSION) {
         std::cmp::Ordering::Equal => Ok(()),
-        std::cmp::Ordering::Greater => Err(MysqlError::SchemaTooNew {
-            found,
-            known: VERSION,
-        }),
-        std::cmp::Ordering::Less => Err(MysqlError::SchemaTooOld {
-            found,
-            known: VERSION,
-        }),
+        std::cmp::Ordering::Greater => Err(MysqlError::Rule(Rule::SchemaTooNew {
+            found: wide(found),
+            known: wide(VERSION),
+        })),
+        std::cmp::Ordering::Less => Err(MysqlError::Rule(Rule::SchemaTooOld {
+            found: wide(found),
+            known: wide(VERSION),
+        })),
     }
+}
+
+/// A schema version as the store's shared errors carry it.
+fn wide(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
 }

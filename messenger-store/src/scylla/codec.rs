@@ -1,5 +1,6 @@
 //! Conversions between the model of `messenger-core` and CQL rows.
 
+use crate::rule::Rule;
 use std::collections::HashMap;
 use std::str::FromStr;
 
@@ -24,26 +25,28 @@ const MAX: u64 = i64::MAX as u64;
 /// A number of the model as a CQL `bigint`, checked against the range every backend stores.
 pub(crate) fn to_bigint(what: &'static str, value: u64) -> Result<i64, ScyllaError> {
     if value > MAX {
-        return Err(ScyllaError::OutOfRange { what, value });
+        return Err(ScyllaError::Rule(Rule::OutOfRange { what, value }));
     }
-    i64::try_from(value).map_err(|_| ScyllaError::OutOfRange { what, value })
+    i64::try_from(value).map_err(|_| ScyllaError::Rule(Rule::OutOfRange { what, value }))
 }
 
 /// A stored `bigint` back as a number of the model.
 pub(crate) fn from_bigint(what: &str, value: i64) -> Result<u64, ScyllaError> {
-    u64::try_from(value).map_err(|_| ScyllaError::Corrupt(format!("negative {what}: {value}")))
+    u64::try_from(value)
+        .map_err(|_| ScyllaError::Rule(Rule::Corrupt(format!("negative {what}: {value}"))))
 }
 
 /// A stored identifier back as its validated type.
 pub(crate) fn parse_id<T: FromStr<Err = InvalidId>>(value: &str) -> Result<T, ScyllaError> {
     value
         .parse()
-        .map_err(|err: InvalidId| ScyllaError::Corrupt(err.to_string()))
+        .map_err(|err: InvalidId| ScyllaError::Rule(Rule::Corrupt(err.to_string())))
 }
 
 /// A stored role back as a [`Role`].
 pub(crate) fn parse_role(value: &str) -> Result<Role, ScyllaError> {
-    Role::parse(value).ok_or_else(|| ScyllaError::Corrupt(format!("unknown role {value:?}")))
+    Role::parse(value)
+        .ok_or_else(|| ScyllaError::Rule(Rule::Corrupt(format!("unknown role {value:?}"))))
 }
 
 /// Decodes a [`MessageRow`].
@@ -65,8 +68,9 @@ pub(crate) fn decode_conversation(row: ConversationRow) -> Result<Conversation, 
     let (id, kind, title, created_by, created_at) = row;
     Ok(Conversation {
         id: parse_id(&id)?,
-        kind: ConversationKind::parse(&kind)
-            .ok_or_else(|| ScyllaError::Corrupt(format!("unknown conversation kind {kind:?}")))?,
+        kind: ConversationKind::parse(&kind).ok_or_else(|| {
+            ScyllaError::Rule(Rule::Corrupt(format!("unknown conversation kind {kind:?}")))
+        })?,
         title,
         created_by: parse_id::<UserId>(&created_by)?,
         created_at: Timestamp(from_bigint("created_at", created_at)?),
@@ -91,9 +95,9 @@ impl Lwt {
             .map(|spec| spec.name().to_owned())
             .collect();
         let Some(row) = rows.maybe_first_row::<Row>()? else {
-            return Err(ScyllaError::Corrupt(
+            return Err(ScyllaError::Rule(Rule::Corrupt(
                 "a conditional write answered no row".to_owned(),
-            ));
+            )));
         };
         Self::from_columns(names, row.columns)
     }
@@ -112,7 +116,9 @@ impl Lwt {
             }
         }
         let applied = applied.ok_or_else(|| {
-            ScyllaError::Corrupt("a conditional write answered without [applied]".to_owned())
+            ScyllaError::Rule(Rule::Corrupt(
+                "a conditional write answered without [applied]".to_owned(),
+            ))
         })?;
         Ok(Self { applied, existing })
     }
@@ -122,7 +128,7 @@ impl Lwt {
             .get(column)
             .and_then(CqlValue::as_text)
             .cloned()
-            .ok_or_else(|| ScyllaError::Corrupt(format!("column {column} is missing")))
+            .ok_or_else(|| ScyllaError::Rule(Rule::Corrupt(format!("column {column} is missing"))))
     }
 
     /// A `bigint` column of the existing row.
@@ -130,7 +136,7 @@ impl Lwt {
         self.existing
             .get(column)
             .and_then(CqlValue::as_bigint)
-            .ok_or_else(|| ScyllaError::Corrupt(format!("column {column} is missing")))
+            .ok_or_else(|| ScyllaError::Rule(Rule::Corrupt(format!("column {column} is missing"))))
     }
 
     /// The existing row as a message (after a refused `INSERT INTO messages`).
@@ -140,7 +146,7 @@ impl Lwt {
             .get("body")
             .and_then(CqlValue::as_blob)
             .cloned()
-            .ok_or_else(|| ScyllaError::Corrupt("column body is missing".to_owned()))?;
+            .ok_or_else(|| ScyllaError::Rule(Rule::Corrupt("column body is missing".to_owned())))?;
         decode_message((
             self.text("conversation")?,
             self.bigint("seq")?,
@@ -221,7 +227,8 @@ mod tests {
         assert_eq!(message.seq, Seq(7));
         assert_eq!(
             message.conversation,
-            ConversationId::new("g:lwt").map_err(|err| ScyllaError::Corrupt(err.to_string()))?
+            ConversationId::new("g:lwt")
+                .map_err(|err| ScyllaError::Rule(Rule::Corrupt(err.to_string())))?
         );
         assert_eq!(message.sender.as_str(), "alice");
         assert_eq!(message.sent_at, Timestamp(1_000));

@@ -1,6 +1,7 @@
 //! The ScyllaDB store's private errors, converted to [`messenger_core::Error`] at the edge.
 
-use messenger_core::{ConversationId, Error, ErrorKind, Seq};
+use crate::rule::Rule;
+use messenger_core::{Error, ErrorKind};
 use scylla::errors::{
     DbError, DeserializationError, ExecutionError, IntoRowsResultError, MaybeFirstRowError,
     NewSessionError, NextPageError, NextRowError, PagerExecutionError, PrepareError,
@@ -12,19 +13,8 @@ pub(crate) const BACKEND: &str = "scylla";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ScyllaError {
-    #[error("seq {seq} of {conversation} already holds another entry")]
-    SeqTaken {
-        conversation: ConversationId,
-        seq: Seq,
-    },
-    #[error("receipt at seq {seq} is past the head {head} of {conversation}")]
-    PastHead {
-        conversation: ConversationId,
-        seq: Seq,
-        head: Seq,
-    },
-    #[error("{what} {value} is out of the store's integer range")]
-    OutOfRange { what: &'static str, value: u64 },
+    #[error(transparent)]
+    Rule(crate::rule::Rule),
     #[error("scylla: {0}")]
     Execution(Box<ExecutionError>),
     #[error("scylla: {0}")]
@@ -37,20 +27,8 @@ pub(crate) enum ScyllaError {
     NewSession(Box<NewSessionError>),
     #[error("scylla: {0}")]
     UseKeyspace(Box<UseKeyspaceError>),
-    #[error(transparent)]
-    Media(#[from] crate::media::MediaRefusal),
-    #[error("a stored row cannot be decoded: {0}")]
-    Corrupt(String),
-    #[error("a message body cannot be encoded or decoded")]
-    Json(#[from] serde_json::Error),
     #[error("the keyspace name {0:?} is not a plain CQL identifier")]
     BadKeyspace(String),
-    #[error("the keyspace's schema version {found} is newer than this build knows ({known})")]
-    SchemaTooNew { found: i32, known: i32 },
-    #[error(
-        "the keyspace's schema is at version {found}, this build needs {known}; migrations are off"
-    )]
-    SchemaTooOld { found: i32, known: i32 },
     #[error("the cluster was not ready within {0:?}")]
     ConnectTimeout(std::time::Duration),
     #[error("a conditional write kept racing with others ({0})")]
@@ -81,7 +59,7 @@ macro_rules! corrupt_from {
     ($($error:ty),+) => {
         $(impl From<$error> for ScyllaError {
             fn from(err: $error) -> Self {
-                ScyllaError::Corrupt(err.to_string())
+                ScyllaError::Rule(Rule::Corrupt(err.to_string()))
             }
         })+
     };
@@ -117,11 +95,7 @@ impl ScyllaError {
 
     fn kind(&self) -> ErrorKind {
         match self {
-            ScyllaError::SeqTaken { .. } => ErrorKind::Conflict,
-            ScyllaError::Media(refusal) => refusal.kind(),
-            ScyllaError::PastHead { .. } | ScyllaError::OutOfRange { .. } => {
-                ErrorKind::InvalidRequest
-            }
+            ScyllaError::Rule(rule) => rule.kind(),
             ScyllaError::BadKeyspace(_) => ErrorKind::InvalidRequest,
             ScyllaError::Execution(err) => execution_kind(err),
             ScyllaError::Prepare(err) => prepare_kind(err),
@@ -148,10 +122,6 @@ impl ScyllaError {
                 _ => ErrorKind::Unexpected,
             },
             ScyllaError::ConnectTimeout(_) | ScyllaError::Contended(_) => ErrorKind::Unavailable,
-            ScyllaError::Corrupt(_)
-            | ScyllaError::Json(_)
-            | ScyllaError::SchemaTooNew { .. }
-            | ScyllaError::SchemaTooOld { .. } => ErrorKind::Unexpected,
         }
     }
 }
@@ -217,6 +187,8 @@ fn db_kind(err: &DbError) -> ErrorKind {
     }
 }
 
+crate::rule::rule_conversions!(ScyllaError);
+
 impl From<ScyllaError> for Error {
     fn from(err: ScyllaError) -> Self {
         let kind = err.kind();
@@ -229,6 +201,8 @@ impl From<ScyllaError> for Error {
 
 #[cfg(test)]
 mod tests {
+    use messenger_core::{ConversationId, Seq};
+
     use super::*;
 
     #[test]
@@ -236,16 +210,16 @@ mod tests {
         let Ok(conversation) = ConversationId::new("g:errors") else {
             unreachable!("a valid literal id");
         };
-        let taken = Error::from(ScyllaError::SeqTaken {
+        let taken = Error::from(ScyllaError::Rule(Rule::SeqTaken {
             conversation: conversation.clone(),
             seq: Seq(3),
-        });
+        }));
         assert_eq!(taken.kind(), ErrorKind::Conflict);
-        let past = Error::from(ScyllaError::PastHead {
+        let past = Error::from(ScyllaError::Rule(Rule::PastHead {
             conversation,
             seq: Seq(9),
             head: Seq(2),
-        });
+        }));
         assert_eq!(past.kind(), ErrorKind::InvalidRequest);
         let timeout = Error::from(ScyllaError::from(ExecutionError::RequestTimeout(
             std::time::Duration::from_secs(1),

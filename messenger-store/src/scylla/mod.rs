@@ -112,6 +112,7 @@ pub use self::config::ScyllaConfig;
 use self::cql::{Statements, bucket};
 use self::error::ScyllaError;
 use crate::StoreBackend;
+use crate::rule::Rule;
 
 /// How many times an append re-reads a claim that others keep changing before it gives up
 /// with `Unavailable` (each round is a few lightweight transactions).
@@ -519,10 +520,10 @@ impl ScyllaStore {
     async fn append_message(&self, message: &Arc<Message>) -> Result<Appended, ScyllaError> {
         let seq = to_bigint("seq", message.seq.get())?;
         if seq == 0 {
-            return Err(ScyllaError::OutOfRange {
+            return Err(ScyllaError::Rule(Rule::OutOfRange {
                 what: "seq",
                 value: 0,
-            });
+            }));
         }
         to_bigint("sent_at", message.sent_at.as_millis())?;
         let conversation = message.conversation.as_str();
@@ -615,10 +616,10 @@ impl ScyllaStore {
             ),
         )
         .await?;
-        Err(ScyllaError::SeqTaken {
+        Err(ScyllaError::Rule(Rule::SeqTaken {
             conversation: message.conversation.clone(),
             seq: message.seq,
-        })
+        }))
     }
 
     /// A retry of `original`: void the retry's own seq, raise the head again, re-apply the
@@ -846,11 +847,11 @@ impl ScyllaStore {
             self.receipt_of(conversation, user)
         )?;
         if request.seq > head {
-            return Err(ScyllaError::PastHead {
+            return Err(ScyllaError::Rule(Rule::PastHead {
                 conversation: request.conversation.clone(),
                 seq: request.seq,
                 head,
-            });
+            }));
         }
         let (new_delivered, new_read, changed) =
             next_watermarks(delivered, read, request.kind, request.seq);
@@ -1127,10 +1128,10 @@ impl StoreBackend for ScyllaStore {
 
     async fn void_seq(&self, request: VoidSeq) -> Result<Arc<Message>, Error> {
         if request.seq == Seq::ZERO {
-            return Err(ScyllaError::OutOfRange {
+            return Err(ScyllaError::Rule(Rule::OutOfRange {
                 what: "seq",
                 value: 0,
-            }
+            })
             .into());
         }
         let held = self

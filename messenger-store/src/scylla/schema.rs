@@ -1,5 +1,6 @@
 //! The schema file (`schema.cql`), applied when the store connects, and its version.
 
+use crate::rule::Rule;
 use scylla::client::session::Session;
 
 use super::config::ScyllaConfig;
@@ -99,16 +100,16 @@ async fn stored_version(
 /// Refuses a schema newer than this build, or (without migrations) older.
 fn check(found: Option<i32>, migrate: bool) -> Result<(), ScyllaError> {
     match found {
-        Some(found) if found > VERSION => Err(ScyllaError::SchemaTooNew {
-            found,
-            known: VERSION,
-        }),
+        Some(found) if found > VERSION => Err(ScyllaError::Rule(Rule::SchemaTooNew {
+            found: found.into(),
+            known: VERSION.into(),
+        })),
         Some(found) if found == VERSION => Ok(()),
         None if migrate => Ok(()),
-        found => Err(ScyllaError::SchemaTooOld {
-            found: found.unwrap_or(0),
-            known: VERSION,
-        }),
+        found => Err(ScyllaError::Rule(Rule::SchemaTooOld {
+            found: found.unwrap_or(0).into(),
+            known: VERSION.into(),
+        })),
     }
 }
 
@@ -202,11 +203,11 @@ mod tests {
         assert!(check(Some(VERSION), false).is_ok());
         assert!(matches!(
             check(None, false),
-            Err(ScyllaError::SchemaTooOld { .. })
+            Err(ScyllaError::Rule(Rule::SchemaTooOld { .. }))
         ));
         assert!(matches!(
             check(Some(VERSION + 1), true),
-            Err(ScyllaError::SchemaTooNew { .. })
+            Err(ScyllaError::Rule(Rule::SchemaTooNew { .. }))
         ));
     }
 }
