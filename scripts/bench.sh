@@ -4,7 +4,9 @@
 #   scripts/bench.sh idle        # 1. memory per idle connection (19k per process, then SO_REUSEPORT)
 #   scripts/bench.sh handshake   # 2. connections/s, then every client reconnecting at once
 #   scripts/bench.sh latency     # 3. 1:1 send→deliver latency at increasing rates (the reference
-#                                #    server twice: durable acks, then --durability relaxed)
+#                                #    server twice: durable acks, then --durability relaxed), for
+#                                #    two client behaviours: `apps` (100 pairs, OS socket options,
+#                                #    delivered receipts) and `many` (1000 pairs, TCP_NODELAY)
 #   scripts/bench.sh fanout      # 4. one 10,000-member group, and 100 groups of 100
 #   scripts/bench.sh all
 #
@@ -34,6 +36,7 @@ idle_processes="${BENCH_IDLE_PROCESSES:-6}"
 idle_total="${BENCH_IDLE_TOTAL:-100000}"
 handshake_connections="${BENCH_HANDSHAKE_CONNECTIONS:-10000}"
 latency_pairs="${BENCH_LATENCY_PAIRS:-1000}"
+apps_pairs="${BENCH_APPS_PAIRS:-100}"
 # The reference server saturates near 5,000 durable messages/s on one core; past saturation
 # its queues stay full for the following steps, so its curve is finer and stops earlier.
 latency_rates="${BENCH_LATENCY_RATES:-1000,2000,3000,4000,5000,6000,8000}"
@@ -173,20 +176,37 @@ latency() {
   # commit before acknowledging (the default); `messenger-relaxed` runs --durability relaxed
   # (no fsync per commit; an ack survives a crash of the process, not of the machine).
   # With BENCH_BEFORE, the earlier build runs durable too (`messenger-before`).
+  #
+  # Two client behaviours, each against every server:
+  # - `apps`: $apps_pairs pairs, the OS's socket options (Nagle on, as most clients leave
+  #   them), receivers answering each message with a `delivered` receipt (messenger only);
+  # - `many`: $latency_pairs pairs at low rates each, TCP_NODELAY (as the messenger client
+  #   library sets it), no receipts.
+  # The baseline's figures at the lowest rate are the load generator's own floor.
   local runs=(messenger messenger-relaxed)
   [[ -n "$before" ]] && runs+=(messenger-before)
-  for run in "${runs[@]}" baseline socketio; do
-    local target="${run%-relaxed}" flags=() label=() rates="$peer_latency_rates"
-    if [[ "$run" == messenger-relaxed ]]; then
-      flags=(--durability relaxed)
-      label=(--label "reference-server, --durability relaxed")
-    fi
-    start_target "$target" "${flags[@]}"
-    [[ "$target" == messenger* ]] && rates="$latency_rates"
-    loadgen "latency-$run" latency --target "${target%-before}" --url "$url" --server-pid "$server_pid" \
-      --pairs "$latency_pairs" --rates "$rates" --step-secs "$step_secs" --drain-secs 3 \
-      "${label[@]}"
-    stop "$server_pid"
+  for load in apps many; do
+    local load_flags=(--pairs "$latency_pairs" --socket nodelay)
+    [[ "$load" == apps ]] && load_flags=(--pairs "$apps_pairs" --socket default)
+    for run in "${runs[@]}" baseline socketio; do
+      local target="${run%-relaxed}" flags=() label=() rates="$peer_latency_rates"
+      local receipts=(--receipts none)
+      if [[ "$run" == messenger-relaxed ]]; then
+        flags=(--durability relaxed)
+        label=(--label "reference-server, --durability relaxed, $load")
+      else
+        label=(--label "$run, $load")
+      fi
+      start_target "$target" "${flags[@]}"
+      if [[ "$target" == messenger* ]]; then
+        rates="$latency_rates"
+        [[ "$load" == apps ]] && receipts=(--receipts delivered)
+      fi
+      loadgen "latency-$load-$run" latency --target "${target%-before}" --url "$url" \
+        --server-pid "$server_pid" "${load_flags[@]}" "${receipts[@]}" --rates "$rates" \
+        --step-secs "$step_secs" --drain-secs 3 "${label[@]}"
+      stop "$server_pid"
+    done
   done
 }
 

@@ -22,12 +22,37 @@ pub(crate) enum Target {
 }
 
 /// What one incoming text frame means to the load generator.
+/// The socket options of the load's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SocketMode {
+    /// The operating system's defaults, as most client libraries and apps leave them:
+    /// Nagle's algorithm on, delayed ACKs on the peer.
+    Default,
+    /// `TCP_NODELAY`, as the messenger client library sets it.
+    Nodelay,
+}
+
+/// What a receiving app answers to each message it gets (messenger target only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Receipts {
+    /// Nothing.
+    None,
+    /// A `delivered` receipt per message, as an app does when a message reaches the phone.
+    Delivered,
+    /// `delivered` and `read` per message, as an app with the conversation open on screen.
+    Read,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Incoming<'a> {
     /// A payload sent by some connection to a room this connection is in.
     Payload(&'a str),
     /// The messenger server acknowledged a send (durably stored); the client_msg_id.
     Ack(&'a str),
+    /// A `receipt` frame (messenger): a watermark moved.
+    Receipt,
     /// The answer the handshake or a setup step waits for.
     Ready,
     /// A frame to answer with this text (Engine.IO ping → pong).
@@ -114,6 +139,7 @@ impl Target {
                         Some(key) => Incoming::Ack(key),
                         None => Incoming::Other,
                     },
+                    "receipt" => Incoming::Receipt,
                     "welcome" | "synced" | "conversation" => Incoming::Ready,
                     "error" => Incoming::Error,
                     _ => Incoming::Other,
@@ -147,6 +173,41 @@ impl Target {
 }
 
 /// The direct conversation id of two users (`dm:<smaller>:<larger>`, byte-wise).
+/// The digits after `key` in `text` (`"seq":12` → 12).
+fn json_u64(text: &str, key: &str) -> Option<u64> {
+    let start = text.find(key)? + key.len();
+    let rest = text.get(start..)?;
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest.get(..end)?.parse().ok()
+}
+
+impl Target {
+    /// The receipt frames an app sends for the `message` frame `text` (none for other
+    /// targets, or for anything but a message).
+    pub(crate) fn receipts(self, text: &str, receipts: Receipts) -> Vec<String> {
+        if self != Target::Messenger || receipts == Receipts::None {
+            return Vec::new();
+        }
+        let (Some(conversation), Some(seq)) = (
+            json_str(text, r#""conversation":""#),
+            json_u64(text, r#""seq":"#),
+        ) else {
+            return Vec::new();
+        };
+        let mut frames = vec![format!(
+            r#"{{"type":"delivered","conversation":"{conversation}","seq":{seq}}}"#
+        )];
+        if receipts == Receipts::Read {
+            frames.push(format!(
+                r#"{{"type":"read","conversation":"{conversation}","seq":{seq}}}"#
+            ));
+        }
+        frames
+    }
+}
+
 pub(crate) fn direct_id(a: &str, b: &str) -> String {
     if a.as_bytes() < b.as_bytes() {
         format!("dm:{a}:{b}")
@@ -224,6 +285,32 @@ mod tests {
         assert_eq!(Payload::decode(&payload.key()), Some(payload));
         assert_eq!(Payload::decode("1:2:3"), None);
         assert_eq!(Payload::decode("1:2:3:x"), None);
+    }
+
+    #[test]
+    fn receipts_name_the_message() {
+        let message = r#"{"type":"message","message":{"conversation":"dm:a:b","seq":31,"sender":"a","sender_device":"load","client_msg_id":"0:1:1:5","sent_at":1,"body":{"kind":"text","text":"0:1:1:5~xx"}}}"#;
+        assert!(
+            Target::Messenger
+                .receipts(message, Receipts::None)
+                .is_empty()
+        );
+        assert_eq!(
+            Target::Messenger.receipts(message, Receipts::Delivered),
+            [r#"{"type":"delivered","conversation":"dm:a:b","seq":31}"#]
+        );
+        assert_eq!(
+            Target::Messenger.receipts(message, Receipts::Read),
+            [
+                r#"{"type":"delivered","conversation":"dm:a:b","seq":31}"#,
+                r#"{"type":"read","conversation":"dm:a:b","seq":31}"#
+            ]
+        );
+        assert!(
+            Target::Baseline
+                .receipts(message, Receipts::Read)
+                .is_empty()
+        );
     }
 
     #[test]

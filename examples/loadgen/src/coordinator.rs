@@ -14,7 +14,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::adapter::Target;
+use crate::adapter::{Receipts, SocketMode, Target};
 use crate::stats::{self, Progress, WorkerReport};
 use crate::worker::{Pattern, SPEC_ENV, WorkerSpec, now_ns};
 
@@ -115,6 +115,16 @@ struct Common {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
+    /// Socket options of the load's connections: `default` keeps the operating system's
+    /// (Nagle on, as most clients leave it), `nodelay` sets TCP_NODELAY (as the messenger
+    /// client library does).
+    #[arg(long, value_enum, default_value_t = SocketMode::Default)]
+    socket: SocketMode,
+    /// What receivers answer to each message (messenger only): `delivered` (a receipt per
+    /// message, as apps send when it reaches the phone), `read` (also a read receipt, as with
+    /// the conversation open on screen), or `none`.
+    #[arg(long, value_enum, default_value_t = Receipts::None)]
+    receipts: Receipts,
     /// Server process ids: their memory is read before and after (`idle`), their CPU time at
     /// every step boundary (`latency`, `fanout`: deliveries per second of server CPU).
     #[arg(long, value_delimiter = ',')]
@@ -245,6 +255,8 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
             count,
             connect_concurrency: common.connect_concurrency,
             payload_bytes: common.payload_bytes,
+            nodelay: common.socket == SocketMode::Nodelay,
+            receipts: common.receipts,
             pattern: pattern.clone(),
             rates: rates.iter().map(|rate| rate * share).collect(),
             step_secs,
@@ -275,6 +287,8 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
         "scenario": name,
         "target": common.target,
         "label": common.label,
+        "socket": common.socket,
+        "receipts": common.receipts,
         "command": command.join(" "),
         "cores": std::thread::available_parallelism().map_or(0, usize::from),
         "connections": connections,
@@ -714,6 +728,7 @@ struct Merged {
     errors: u64,
     duplicates: u64,
     gaps: u64,
+    receipts: u64,
     handshake: Histogram<u64>,
     reconnect: Histogram<u64>,
     rounds: [(u64, u64); 2],
@@ -748,6 +763,7 @@ fn merge(reports: &[WorkerReport], rates: &[f64]) -> Result<Merged, String> {
         errors: 0,
         duplicates: 0,
         gaps: 0,
+        receipts: 0,
         handshake: stats::histogram(),
         reconnect: stats::histogram(),
         rounds: [(u64::MAX, 0), (u64::MAX, 0)],
@@ -772,6 +788,7 @@ fn merge(reports: &[WorkerReport], rates: &[f64]) -> Result<Merged, String> {
         merged.errors += report.errors;
         merged.duplicates += report.duplicates;
         merged.gaps += report.gaps;
+        merged.receipts += report.receipts;
         merged.reconnected += report.reconnected;
         add(&mut merged.handshake, &report.handshake)?;
         add(&mut merged.reconnect, &report.reconnect)?;
@@ -817,6 +834,7 @@ fn finish_result(
     result["error_frames"] = json!(merged.errors);
     result["duplicates"] = json!(merged.duplicates);
     result["gaps"] = json!(merged.gaps);
+    result["receipt_frames"] = json!(merged.receipts);
     let round = |n: usize, count: u64, histogram: &Histogram<u64>| {
         let (first, last) = merged.rounds[n];
         let secs = if last > first && first != u64::MAX {

@@ -116,6 +116,8 @@ pub(crate) struct Stats {
     pub(crate) duplicates: u64,
     /// Payloads that skipped a seq of their sender (a lost or reordered payload).
     pub(crate) gaps: u64,
+    /// `receipt` frames received (messenger: watermarks moved by `--receipts`).
+    pub(crate) receipts: u64,
     /// TCP connect → session usable, µs (the first round).
     pub(crate) handshake: Histogram<u64>,
     /// The same for the reconnect round.
@@ -136,6 +138,7 @@ impl Stats {
             errors: 0,
             duplicates: 0,
             gaps: 0,
+            receipts: 0,
             handshake: histogram(),
             reconnect: histogram(),
             rounds: [(0, 0); 2],
@@ -152,6 +155,7 @@ impl Stats {
             errors: self.errors,
             duplicates: self.duplicates,
             gaps: self.gaps,
+            receipts: self.receipts,
             handshake: encode(&self.handshake),
             reconnect: encode(&self.reconnect),
             rounds: self.rounds,
@@ -206,6 +210,7 @@ pub(crate) struct WorkerReport {
     pub(crate) errors: u64,
     pub(crate) duplicates: u64,
     pub(crate) gaps: u64,
+    pub(crate) receipts: u64,
     pub(crate) handshake: String,
     pub(crate) reconnect: String,
     pub(crate) rounds: [(u64, u64); 2],

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::adapter::{Incoming, Payload, Target, direct_id};
+use crate::adapter::{Incoming, Payload, Receipts, Target, direct_id};
 use crate::stats::{self, Stats};
 
 /// The environment variable carrying a worker's [`WorkerSpec`] as JSON.
@@ -52,6 +52,10 @@ pub(crate) struct WorkerSpec {
     pub(crate) connect_concurrency: usize,
     /// Payload size in bytes.
     pub(crate) payload_bytes: usize,
+    /// Set TCP_NODELAY on the connections (`--socket nodelay`); otherwise OS defaults.
+    pub(crate) nodelay: bool,
+    /// What receivers answer to each message.
+    pub(crate) receipts: Receipts,
     /// The load pattern.
     pub(crate) pattern: Pattern,
     /// This worker's sending rate per step, messages/s (empty: no sending).
@@ -268,11 +272,10 @@ async fn run(spec: WorkerSpec) -> Result<(), String> {
             Some("go") => {
                 let start: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
                 let senders = std::mem::take(&mut senders);
-                schedule = Some(tokio::spawn(send_on_schedule(
-                    Arc::clone(&context),
-                    senders,
-                    start,
-                )));
+                let context = Arc::clone(&context);
+                schedule = Some(tokio::task::spawn_blocking(move || {
+                    send_on_schedule(context, senders, start);
+                }));
             }
             Some("reconnect") => {
                 context.settled.store(0, Ordering::SeqCst);
@@ -321,7 +324,13 @@ fn settle(context: &Context) {
 /// Sends each step's messages at their scheduled times, round-robin over this worker's
 /// senders. Open loop: a message's latency counts from its scheduled time, so a server (or a
 /// write queue) that falls behind shows up in the figures instead of slowing the schedule.
-async fn send_on_schedule(
+///
+/// It runs on a thread of its own, sleeping until each message is due: Tokio's timer counts
+/// in whole milliseconds, so a schedule on it queued messages up to 1–2 ms after their time,
+/// and that lateness was the load generator's own latency floor (p50 1.3 ms against a bare
+/// relay). A thread's `sleep` wakes within tens of microseconds; messages that fall due
+/// while it is late go out together.
+fn send_on_schedule(
     context: Arc<Context>,
     senders: Vec<(usize, String, mpsc::UnboundedSender<String>)>,
     start_ns: u64,
@@ -331,18 +340,18 @@ async fn send_on_schedule(
     let mut seqs = vec![0u64; senders.len()];
     for (step, &rate) in spec.rates.iter().enumerate() {
         let step_start = start_ns + step as u64 * step_ns;
-        sleep_until_ns(step_start).await;
+        sleep_until_ns(step_start);
         if senders.is_empty() || rate <= 0.0 {
             continue;
         }
         let total = (rate * spec.step_secs).round() as u64;
+        let due_at = |n: u64| step_start + (n as f64 * 1e9 / rate) as u64;
         let mut next = 0u64;
         while next < total {
-            let elapsed = now_ns().saturating_sub(step_start) as f64;
-            let due = ((elapsed * rate / 1e9) as u64 + 1).min(total);
+            sleep_until_ns(due_at(next));
+            let now = now_ns();
             let first = next;
-            while next < due {
-                let scheduled_ns = step_start + (next as f64 * 1e9 / rate) as u64;
+            while next < total && due_at(next) <= now {
                 let j = (next % senders.len() as u64) as usize;
                 let (global, room, tx) = &senders[j];
                 seqs[j] += 1;
@@ -350,26 +359,25 @@ async fn send_on_schedule(
                     step,
                     sender: *global as u32,
                     seq: seqs[j],
-                    scheduled_ns,
+                    scheduled_ns: due_at(next),
                 };
                 let text = payload.encode(spec.payload_bytes);
-                let frame = spec.target.send(room, &payload.key(), &text);
-                let _ = tx.send(frame);
+                let _ = tx.send(spec.target.send(room, &payload.key(), &text));
                 next += 1;
             }
             if let Some(stats) = context.stats().steps.get_mut(step) {
                 stats.sent += next - first;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    sleep_until_ns(start_ns + spec.rates.len() as u64 * step_ns).await;
+    sleep_until_ns(start_ns + spec.rates.len() as u64 * step_ns);
 }
 
-async fn sleep_until_ns(at_ns: u64) {
+/// Sleeps this thread until `at_ns` (ns since the epoch).
+fn sleep_until_ns(at_ns: u64) {
     let now = now_ns();
     if at_ns > now {
-        tokio::time::sleep(Duration::from_nanos(at_ns - now)).await;
+        std::thread::sleep(Duration::from_nanos(at_ns - now));
     }
 }
 
@@ -394,8 +402,21 @@ async fn connection(
         tokio::select! {
             frame = ws.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(reply) = on_frame(&context, me, &mut last_seq, &text) {
-                        let _ = ws.send(Message::text(reply)).await;
+                    let replies = on_frame(&context, me, &mut last_seq, &text);
+                    if !replies.is_empty() {
+                        let mut written = Ok(());
+                        for reply in replies {
+                            written = ws.feed(Message::text(reply)).await;
+                            if written.is_err() {
+                                break;
+                            }
+                        }
+                        if written.is_ok() {
+                            written = ws.flush().await;
+                        }
+                        if written.is_err() {
+                            context.stats().disconnects += 1;
+                        }
                     }
                 }
                 Some(Ok(_)) => {}
@@ -460,65 +481,81 @@ async fn connection(
     }
 }
 
-/// Counts one incoming frame; returns a frame to answer with, if any.
+/// Counts one incoming frame; returns the frames to answer with (receipts, pongs).
 fn on_frame(
     context: &Context,
     me: u32,
     last_seq: &mut HashMap<u32, u64>,
     text: &str,
-) -> Option<&'static str> {
-    match context.spec.target.classify(text) {
+) -> Vec<String> {
+    let target = context.spec.target;
+    match target.classify(text) {
         Incoming::Payload(payload) => {
-            let payload = Payload::decode(payload)?;
+            let Some(payload) = Payload::decode(payload) else {
+                return Vec::new();
+            };
             if payload.sender == me {
-                return None;
+                return Vec::new();
             }
-            let now = now_ns();
-            let mut stats = context.stats();
-            let last = last_seq.entry(payload.sender).or_insert(0);
-            if payload.seq <= *last {
-                stats.duplicates += 1;
-                return None;
-            }
-            if payload.seq != *last + 1 {
-                stats.gaps += 1;
-            }
-            *last = payload.seq;
-            let step = stats.steps.get_mut(payload.step)?;
-            step.delivered += 1;
-            if step.first_delivery_ns == 0 {
-                step.first_delivery_ns = now;
-            }
-            step.last_delivery_ns = step.last_delivery_ns.max(now);
-            stats::record(
-                &mut step.delivery,
-                now.saturating_sub(payload.scheduled_ns) / 1000,
-            );
-            None
+            count_delivery(context, last_seq, payload);
+            target.receipts(text, context.spec.receipts)
         }
         Incoming::Ack(key) => {
-            let payload = Payload::decode(key)?;
-            let now = now_ns();
-            let mut stats = context.stats();
-            let step = stats.steps.get_mut(payload.step)?;
-            step.acked += 1;
-            stats::record(
-                &mut step.ack,
-                now.saturating_sub(payload.scheduled_ns) / 1000,
-            );
-            None
+            if let Some(payload) = Payload::decode(key) {
+                let now = now_ns();
+                let mut stats = context.stats();
+                if let Some(step) = stats.steps.get_mut(payload.step) {
+                    step.acked += 1;
+                    stats::record(
+                        &mut step.ack,
+                        now.saturating_sub(payload.scheduled_ns) / 1000,
+                    );
+                }
+            }
+            Vec::new()
         }
-        Incoming::Reply(reply) => Some(reply),
+        Incoming::Receipt => {
+            context.stats().receipts += 1;
+            Vec::new()
+        }
+        Incoming::Reply(reply) => vec![reply.to_owned()],
         Incoming::Error => {
             let mut stats = context.stats();
             stats.errors += 1;
             if stats.errors <= 5 {
                 eprintln!("worker {}: error frame: {text}", context.spec.index);
             }
-            None
+            Vec::new()
         }
-        Incoming::Ready | Incoming::Other => None,
+        Incoming::Ready | Incoming::Other => Vec::new(),
     }
+}
+
+/// Counts a payload from another connection: its send→deliver latency, duplicates, gaps.
+fn count_delivery(context: &Context, last_seq: &mut HashMap<u32, u64>, payload: Payload) {
+    let now = now_ns();
+    let mut stats = context.stats();
+    let last = last_seq.entry(payload.sender).or_insert(0);
+    if payload.seq <= *last {
+        stats.duplicates += 1;
+        return;
+    }
+    if payload.seq != *last + 1 {
+        stats.gaps += 1;
+    }
+    *last = payload.seq;
+    let Some(step) = stats.steps.get_mut(payload.step) else {
+        return;
+    };
+    step.delivered += 1;
+    if step.first_delivery_ns == 0 {
+        step.first_delivery_ns = now;
+    }
+    step.last_delivery_ns = step.last_delivery_ns.max(now);
+    stats::record(
+        &mut step.delivery,
+        now.saturating_sub(payload.scheduled_ns) / 1000,
+    );
 }
 
 /// Connects (bound to this connection's source address), upgrades, and runs the session
@@ -578,9 +615,15 @@ async fn handshake(context: &Context, global: usize, role: &Role) -> Result<Ws, 
         .connect(addr)
         .await
         .map_err(|err| format!("connect {addr}: {err}"))?;
-    // TCP_NODELAY, as the messenger client library sets it: with Nagle's algorithm a small
-    // frame sent while another is unacknowledged waits for the server's delayed ACK (~40 ms).
-    let _ = stream.set_nodelay(true);
+    // `--socket nodelay`: TCP_NODELAY, as the messenger client library sets it. By default
+    // the OS's options stay, as in most clients: with Nagle's algorithm a small frame written
+    // while another is unacknowledged waits for the server's ACK (up to a delayed ACK, ~40 ms),
+    // which the figures then show.
+    if spec.nodelay {
+        stream
+            .set_nodelay(true)
+            .map_err(|err| format!("TCP_NODELAY: {err}"))?;
+    }
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .max_message_size(Some(64 << 20));

@@ -194,6 +194,39 @@ fn run_all(dir: &Path, target: &str, url: &str, acked: bool) {
     );
     assert_clean(&latency, 12);
     assert_delivered(&latency, &[30, 60], 1, acked);
+    assert_eq!(latency["socket"], "default", "{latency}");
+    assert_eq!(count(&latency, "receipt_frames"), 0, "{latency}");
+
+    // The other client behaviours: TCP_NODELAY, and receivers answering every message with
+    // `delivered` and `read` as an app with the conversation open does (messenger only).
+    let apps = loadgen(
+        dir,
+        &format!("{target}-latency-apps"),
+        &args(&[
+            "latency",
+            "--pairs",
+            "3",
+            "--rates",
+            "40",
+            "--step-secs",
+            "1",
+            "--drain-secs",
+            "1",
+            "--socket",
+            "nodelay",
+            "--receipts",
+            "read",
+        ]),
+    );
+    assert_clean(&apps, 6);
+    assert_delivered(&apps, &[40], 1, acked);
+    assert_eq!(apps["socket"], "nodelay", "{apps}");
+    if target == "messenger" {
+        // Each receipt moves a watermark; both members' devices are told, sender included.
+        assert!(count(&apps, "receipt_frames") >= 40, "{apps}");
+    } else {
+        assert_eq!(count(&apps, "receipt_frames"), 0, "{apps}");
+    }
 
     let fanout = loadgen(
         dir,
