@@ -18,6 +18,7 @@ use messenger_socket::client::{Client, ClientConfig, ClientEvent, Events};
 use tokio_tungstenite::tungstenite;
 
 pub mod cluster;
+pub mod history;
 pub mod media;
 
 pub const WAIT: Duration = Duration::from_secs(10);
