@@ -397,4 +397,85 @@ mod tests {
         }
         assert_eq!(got, [head + 1, head + 2]);
     }
+
+    /// docs/protocol.md §11 "Removed and re-added": a connection that stayed open while its
+    /// user was out of a group continues after the last entry it delivered: the
+    /// `member_removed` entry, then every entry stored while the user was out, then the
+    /// `members_added` entry; it does not restart from seq 1.
+    #[tokio::test]
+    async fn a_member_removed_and_added_again_gets_what_was_stored_meanwhile_in_order() {
+        use messenger_core::{Body, ClientMsgId, DeviceId, Role, UserId};
+
+        use super::super::testing::next_frame;
+        use crate::engine::{AddMembers, RemoveMember, SendMessage};
+
+        let harness = Harness::new();
+        let group = harness.group("alice", &["bob"]).await;
+        let mut peer = harness.connect("bob:phone").await;
+        let (_, summaries) = sync(&mut peer, "{}").await;
+        let head = summaries[0].head.get();
+        let alice = messenger_core::auth::Identity::new(
+            UserId::new("alice").unwrap(),
+            DeviceId::new("admin").unwrap(),
+        );
+        let bob = UserId::new("bob").unwrap();
+        let removed = harness
+            .engine
+            .remove_member(RemoveMember {
+                actor: alice.clone(),
+                conversation: group.clone(),
+                user: bob.clone(),
+            })
+            .await
+            .unwrap();
+        for n in 0..3 {
+            harness
+                .engine
+                .send(SendMessage {
+                    actor: alice.clone(),
+                    conversation: group.clone(),
+                    client_msg_id: ClientMsgId::new(format!("while-out-{n}")).unwrap(),
+                    body: messenger_core::protocol::NewBody::Text { text: "x".into() },
+                })
+                .await
+                .unwrap();
+        }
+        let added = harness
+            .engine
+            .add_members(AddMembers {
+                actor: alice,
+                conversation: group.clone(),
+                users: vec![bob],
+                role: Role::Member,
+            })
+            .await
+            .unwrap();
+        assert_eq!(removed.get(), head + 1);
+        assert_eq!(added.get(), head + 5);
+        let mut got = Vec::new();
+        while got.last().is_none_or(|(seq, _)| *seq < added.get()) {
+            match next_frame(&mut peer).await {
+                ServerFrame::Message { message } => {
+                    let kind = match &message.body {
+                        Body::MemberRemoved { .. } => "member_removed",
+                        Body::Text { .. } => "text",
+                        Body::MembersAdded { .. } => "members_added",
+                        other => panic!("{other:?}"),
+                    };
+                    got.push((message.seq.get(), kind));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                (head + 1, "member_removed"),
+                (head + 2, "text"),
+                (head + 3, "text"),
+                (head + 4, "text"),
+                (head + 5, "members_added"),
+            ]
+        );
+    }
 }

@@ -116,7 +116,9 @@ impl<B: Backends> Connection<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Harness, sync};
+    use messenger_core::protocol::ServerFrame;
+
+    use super::super::testing::{Harness, next_frame, sync};
 
     #[tokio::test]
     async fn a_sync_streams_what_follows_each_cursor_then_says_synced() {
@@ -149,6 +151,36 @@ mod tests {
         let (backlog, summaries) = sync(&mut peer, &format!(r#"{{"{group}":999}}"#)).await;
         assert!(backlog.is_empty(), "{backlog:?}");
         assert_eq!(summaries.len(), 1);
+    }
+
+    /// docs/protocol.md §4.2: a cursor past the head is taken as the head: nothing is
+    /// streamed, `synced` tells the real head, and the next entry (head + 1) comes live.
+    #[tokio::test]
+    async fn a_cursor_past_the_head_is_taken_as_the_head() {
+        let harness = Harness::new();
+        let group = harness.group("alice", &["bob"]).await;
+        let mut peer = harness.connect("alice:phone").await;
+        let (backlog, summaries) = sync(&mut peer, &format!(r#"{{"{group}":999}}"#)).await;
+        assert!(backlog.is_empty(), "{backlog:?}");
+        let head = summaries[0].head.get();
+        assert!(head < 999, "synced tells the real head: {head}");
+        harness
+            .engine
+            .send(crate::engine::SendMessage {
+                actor: messenger_core::auth::Identity::new(
+                    messenger_core::UserId::new("bob").unwrap(),
+                    messenger_core::DeviceId::new("laptop").unwrap(),
+                ),
+                conversation: group.clone(),
+                client_msg_id: messenger_core::ClientMsgId::new("after-reset").unwrap(),
+                body: messenger_core::protocol::NewBody::Text { text: "x".into() },
+            })
+            .await
+            .unwrap();
+        match next_frame(&mut peer).await {
+            ServerFrame::Message { message } => assert_eq!(message.seq.get(), head + 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -317,11 +317,22 @@ impl<B: Backends> Engine<B> {
                 "the owner's role changes by transferring ownership",
             ));
         }
-        if info.role_of(&user).is_none() {
-            return Err(Error::refused(
-                ErrorCode::InvalidRequest,
-                format!("{user} is not a member"),
-            ));
+        match info.role_of(&user) {
+            None => {
+                return Err(Error::refused(
+                    ErrorCode::InvalidRequest,
+                    format!("{user} is not a member"),
+                ));
+            }
+            // A change that changes nothing is refused, as adding an existing member is: it
+            // would put an entry in every member's log (and unread count) that says nothing.
+            Some(current) if current == role => {
+                return Err(Error::refused(
+                    ErrorCode::InvalidRequest,
+                    format!("{user} is already {}", role.as_str()),
+                ));
+            }
+            Some(_) => {}
         }
         let body = Body::RoleChanged { user, role };
         Ok(self.commit_change(&actor, &info, body, &[]).await?.seq)

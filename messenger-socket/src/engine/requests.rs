@@ -152,7 +152,8 @@ impl Operation for RemoveMember {
 /// the `role_changed` entry.
 ///
 /// # Errors
-/// `forbidden` unless the actor owns the group; `invalid_request` for oneself or a non-member.
+/// `forbidden` unless the actor owns the group; `invalid_request` for oneself, a non-member,
+/// or the role the member has already (nothing is written).
 #[derive(Debug, Clone)]
 pub struct SetRole {
     /// The owner.

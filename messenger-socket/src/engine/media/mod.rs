@@ -304,12 +304,18 @@ impl<B: Backends> Engine<B> {
                 format!("media is {} bytes; the limit is {max}", media.size),
             ));
         }
-        let name = media.name.trim();
-        if name.is_empty() || media.name.len() > messenger_core::MAX_MEDIA_NAME_BYTES {
+        if media.name.trim().is_empty() {
             return Err(Error::refused(
                 ErrorCode::InvalidRequest,
+                "a media name must not be empty",
+            ));
+        }
+        // Over its limit, as a text or a title over theirs: `too_large`.
+        if media.name.len() > messenger_core::MAX_MEDIA_NAME_BYTES {
+            return Err(Error::refused(
+                ErrorCode::TooLarge,
                 format!(
-                    "a media name needs 1 to {} bytes",
+                    "a media name has at most {} bytes",
                     messenger_core::MAX_MEDIA_NAME_BYTES
                 ),
             ));
