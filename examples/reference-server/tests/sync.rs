@@ -358,3 +358,187 @@ async fn the_outbox_survives_a_server_restart_without_duplicates() {
     let texts: Vec<&str> = page.messages.iter().map(|m| text_of(m)).collect();
     assert_eq!(texts, ["one", "two", "three"]);
 }
+
+/// Reads `ws` until `deadline` (or until `want` entries of `id` came), checking each
+/// `message` frame of `id` against `device`'s stream as it arrives; returns the last seq.
+async fn read_checked(
+    ws: &mut common::Raw,
+    history: &common::history::History,
+    device: &str,
+    id: &ConversationId,
+    mut cursor: Seq,
+    deadline: tokio::time::Instant,
+    want: u64,
+) -> Seq {
+    use futures_util::StreamExt;
+    use messenger_core::protocol::ServerFrame;
+    use tokio_tungstenite::tungstenite;
+
+    while cursor.get() < want {
+        let frame = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(tungstenite::Message::Text(text)))) => text,
+            Ok(Some(Ok(tungstenite::Message::Close(frame)))) => panic!("closed: {frame:?}"),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(err))) => panic!("read: {err}"),
+            Ok(None) => panic!("the server ended the connection"),
+            Err(_) => break,
+        };
+        let frame: ServerFrame =
+            serde_json::from_str(&frame).unwrap_or_else(|err| panic!("{err}: {frame}"));
+        if let ServerFrame::Message { message } = frame {
+            if &message.conversation != id {
+                continue;
+            }
+            if let Err(problem) = history.received(device, &message) {
+                history.assert_clean();
+                panic!("{problem}");
+            }
+            cursor = message.seq;
+        }
+    }
+    cursor
+}
+
+/// A raw WebSocket after `hello`, with `sync` from `cursor` sent for `id`.
+async fn raw_session(
+    server: &Server,
+    token: &str,
+    id: &ConversationId,
+    cursor: Seq,
+) -> common::Raw {
+    let mut ws = common::raw(server).await;
+    common::send_json(
+        &mut ws,
+        serde_json::json!({"type": "hello", "v": 1, "token": token}),
+    )
+    .await;
+    let welcome = common::next_frame(&mut ws).await;
+    assert!(
+        matches!(
+            welcome,
+            messenger_core::protocol::ServerFrame::Welcome { .. }
+        ),
+        "{welcome:?}"
+    );
+    common::send_json(
+        &mut ws,
+        serde_json::json!({"type": "sync", "cursors": {id.as_str(): cursor.get()}}),
+    )
+    .await;
+    ws
+}
+
+/// The raw-WebSocket form of `reconnecting_during_traffic_loses_and_duplicates_nothing`: no
+/// client library between the server and the check. Every `message` frame is checked as it
+/// arrives (seq = the previous + 1, from each session's cursor), and the history checker
+/// checks acks, streams and the stored log together.
+#[tokio::test]
+async fn raw_reconnects_during_traffic_see_each_seq_once_in_order() {
+    const TOTAL: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let history = common::history::History::new("raw_reconnects_during_traffic");
+    let (alice, _alice_events) = connect(&server, "alice:phone").await;
+    let id = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
+
+    let sending = Arc::new(AtomicBool::new(true));
+    let sender = {
+        let (alice, id, sending, history) = (
+            alice.clone(),
+            id.clone(),
+            Arc::clone(&sending),
+            Arc::clone(&history),
+        );
+        tokio::spawn(async move {
+            for n in 0..TOTAL {
+                let sent = alice.send_text(&id, format!("{n}")).await.unwrap();
+                history.acked("alice:phone", &id, sent.client_msg_id.as_str(), sent.seq);
+                if n % 16 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            sending.store(false, Ordering::SeqCst);
+        })
+    };
+
+    let mut cursor = Seq::ZERO;
+    let mut sessions = 0;
+    while cursor.get() < TOTAL {
+        sessions += 1;
+        assert!(sessions < 500, "no progress");
+        let mut ws = raw_session(&server, "bob:phone", &id, cursor).await;
+        history.session("bob:phone", &id, cursor);
+        let read_for = if sending.load(Ordering::SeqCst) {
+            Duration::from_millis(40)
+        } else {
+            WAIT
+        };
+        let deadline = tokio::time::Instant::now() + read_for;
+        cursor = read_checked(&mut ws, &history, "bob:phone", &id, cursor, deadline, TOTAL).await;
+        // Dropped mid-stream, without a close frame.
+        drop(ws);
+    }
+    sender.await.unwrap();
+    assert!(sessions > 1, "the test must reconnect at least once");
+    history.stored(&common::full_history(&alice, &id).await);
+    history.assert_clean();
+    assert_eq!(cursor, Seq(TOTAL));
+}
+
+/// The raw-WebSocket form of `sync_backlog_and_live_traffic_meet_without_gap_or_duplicate`:
+/// a device syncs a backlog of 600 while 100 more are sent; every frame is checked as it
+/// arrives.
+#[tokio::test]
+async fn raw_backlog_and_live_traffic_meet_frame_by_frame() {
+    const BACKLOG: u64 = 600;
+    const LIVE: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let history = common::history::History::new("raw_backlog_and_live");
+    let (alice, _alice_events) = connect(&server, "alice:phone").await;
+    let id = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
+    let mut pending = Vec::new();
+    for n in 0..BACKLOG {
+        pending.push(alice.send_text(&id, format!("{n}")));
+    }
+    for sent in pending {
+        let sent = sent.await.unwrap();
+        history.acked("alice:phone", &id, sent.client_msg_id.as_str(), sent.seq);
+    }
+    let mut ws = raw_session(&server, "bob:phone", &id, Seq::ZERO).await;
+    history.session("bob:phone", &id, Seq::ZERO);
+    let live = {
+        let (alice, id, history) = (alice.clone(), id.clone(), Arc::clone(&history));
+        tokio::spawn(async move {
+            for n in BACKLOG..BACKLOG + LIVE {
+                let sent = alice.send_text(&id, format!("{n}")).await.unwrap();
+                history.acked("alice:phone", &id, sent.client_msg_id.as_str(), sent.seq);
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let cursor = read_checked(
+        &mut ws,
+        &history,
+        "bob:phone",
+        &id,
+        Seq::ZERO,
+        deadline,
+        BACKLOG + LIVE,
+    )
+    .await;
+    live.await.unwrap();
+    history.stored(&common::full_history(&alice, &id).await);
+    history.assert_clean();
+    assert_eq!(cursor, Seq(BACKLOG + LIVE));
+}
