@@ -73,6 +73,9 @@ pub mod client;
 mod connection;
 #[cfg(feature = "server")]
 pub mod engine;
+#[cfg(all(fuzzing, feature = "server"))]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "server")]
 pub mod hub;
 #[cfg(feature = "server")]

@@ -43,7 +43,7 @@ pub(crate) fn wanted(range: Option<&str>, size: u64) -> Wanted {
     };
     let (first, last) = (first.trim(), last.trim());
     if first.is_empty() {
-        let Ok(suffix) = last.parse::<u64>() else {
+        let Some(suffix) = number(last) else {
             return Wanted::All;
         };
         if suffix == 0 || size == 0 {
@@ -51,14 +51,14 @@ pub(crate) fn wanted(range: Option<&str>, size: u64) -> Wanted {
         }
         return Wanted::Part(size.saturating_sub(suffix)..size);
     }
-    let Ok(start) = first.parse::<u64>() else {
+    let Some(start) = number(first) else {
         return Wanted::All;
     };
     let end = if last.is_empty() {
         size
     } else {
-        match last.parse::<u64>() {
-            Ok(last) if last >= start => last.saturating_add(1).min(size),
+        match number(last) {
+            Some(last) if last >= start => last.saturating_add(1).min(size),
             _ => return Wanted::All,
         }
     };
@@ -66,6 +66,15 @@ pub(crate) fn wanted(range: Option<&str>, size: u64) -> Wanted {
         return Wanted::Unsatisfiable;
     }
     Wanted::Part(start..end)
+}
+
+/// A position of a range: `1*DIGIT` (RFC 9110), stricter than `u64::from_str`, which takes a
+/// leading `+`.
+fn number(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// `GET /media/files/{conversation}/{seq}` (and `HEAD`, which axum answers from it).
@@ -215,5 +224,16 @@ mod tests {
         assert_eq!(wanted(Some("bytes=0-1,5-6"), 100), Wanted::All);
         assert_eq!(wanted(Some("bytes=9-1"), 100), Wanted::All);
         assert_eq!(wanted(Some("items=0-1"), 100), Wanted::All);
+    }
+
+    #[test]
+    fn positions_are_digits_only() {
+        // `u64::from_str` takes a sign; RFC 9110 positions are `1*DIGIT`: such a header is
+        // not a valid range, and the object is served whole (found by fuzz/media_range).
+        assert_eq!(wanted(Some("bytes=+5-"), 100), Wanted::All);
+        assert_eq!(wanted(Some("bytes=+5-+9"), 100), Wanted::All);
+        assert_eq!(wanted(Some("bytes=0-+9"), 100), Wanted::All);
+        assert_eq!(wanted(Some("bytes=-+10"), 100), Wanted::All);
+        assert_eq!(wanted(Some("bytes=5-9"), 100), Wanted::Part(5..10));
     }
 }

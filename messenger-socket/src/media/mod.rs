@@ -30,6 +30,9 @@
 mod download;
 mod upload;
 
+#[cfg(fuzzing)]
+pub(crate) use self::download::{Wanted, wanted};
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get};

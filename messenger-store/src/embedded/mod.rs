@@ -27,6 +27,9 @@ mod codec;
 mod committer;
 mod config;
 mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod reader;
 mod schema;
 

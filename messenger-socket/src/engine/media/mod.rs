@@ -20,6 +20,8 @@ pub(crate) use self::commit::Committed;
 pub(crate) use self::pending::entry_key;
 use self::pending::{Journal, PendingUpload};
 use self::ticket::TicketSigner;
+#[cfg(fuzzing)]
+pub(crate) use self::ticket::TicketSigner as FuzzTicketSigner;
 pub(crate) use self::ticket::{TicketClaims, TicketError};
 use super::{Backends, Engine};
 
