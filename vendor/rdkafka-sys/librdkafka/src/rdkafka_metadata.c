@@ -2091,6 +2091,20 @@ rd_kafka_metadata_update_op(rd_kafka_t *rk, rd_kafka_metadata_internal_t *mdi) {
                         rkmce = rd_kafka_metadata_cache_find_by_id(
                             rk, mdi->topics[i].topic_id, 1);
                         topic_id = mdi->topics[i].topic_id;
+                } else if (!md->topics[i].topic) {
+                        /* Neither a topic id nor a topic name: a Fetch
+                         * response's CurrentLeader tag with a zero topic id
+                         * (the Fetch path never sets a name; Fetch v12 has no
+                         * id at all), or a Produce response below v10 that
+                         * carries the tag (no TopicName is read there).
+                         * A lookup by name would strcmp(NULL): skip the
+                         * topic like the not-found cases below; KIP-951
+                         * leader discovery only shortcuts a Metadata
+                         * refresh. */
+                        rd_kafka_log(rk, LOG_WARNING, "METADATAUPDATE",
+                                     "Leader update for a topic with "
+                                     "neither id nor name: ignored");
+                        continue;
                 } else {
                         rkmce = rd_kafka_metadata_cache_find(
                             rk, md->topics[i].topic, 1);
