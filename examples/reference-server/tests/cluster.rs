@@ -121,13 +121,22 @@ async fn concurrent_senders_on_three_nodes_see_one_order() {
         .conversation
         .id;
 
+    let history = common::history::History::new("concurrent_senders_on_three_nodes");
+    let devices: Vec<String> = names
+        .iter()
+        .map(|name| format!("{name}:phone"))
+        .chain([format!("{}:tablet", names[0])])
+        .collect();
     let mut senders = Vec::new();
     for (index, (client, _)) in clients.iter().take(3).enumerate() {
         let client = client.clone();
         let id = id.clone();
+        let history = std::sync::Arc::clone(&history);
+        let device = devices[index].clone();
         senders.push(tokio::spawn(async move {
             for n in 0..PER_MEMBER {
-                client.send_text(&id, format!("{index}-{n}")).await.unwrap();
+                let sent = client.send_text(&id, format!("{index}-{n}")).await.unwrap();
+                history.acked(&device, &id, sent.client_msg_id.as_str(), sent.seq);
             }
         }));
     }
@@ -136,9 +145,17 @@ async fn concurrent_senders_on_three_nodes_see_one_order() {
     }
     let total = 1 + 3 * PER_MEMBER;
     let mut logs = Vec::new();
-    for (_, events) in &mut clients {
-        logs.push(messages(events, &id, total).await);
+    for (index, (_, events)) in clients.iter_mut().enumerate() {
+        // Every device synced before the group was made: its stream starts at seq 1.
+        history.session(&devices[index], &id, messenger_core::Seq::ZERO);
+        let log = messages(events, &id, total).await;
+        for message in &log {
+            let _ = history.received(&devices[index], message);
+        }
+        logs.push(log);
     }
+    history.stored(&common::full_history(&clients[0].0, &id).await);
+    history.assert_clean();
     for log in &logs[1..] {
         assert_eq!(
             log, &logs[0],
