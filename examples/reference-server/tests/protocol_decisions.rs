@@ -73,6 +73,19 @@ async fn request(ws: &mut Raw, id: &str, request: Value) -> Value {
     answer(ws, id).await.0
 }
 
+/// The conversation's head, as `members` answers it.
+async fn head(ws: &mut Raw, id: &str) -> u64 {
+    let members = request(
+        ws,
+        "m",
+        json!({"type": "members", "id": "m", "conversation": id}),
+    )
+    .await;
+    members["head"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no head in {members}"))
+}
+
 /// A group of `owner` (connection `ws`) with `members`; its id.
 async fn group(ws: &mut Raw, members: &[&str]) -> String {
     let created = request(
@@ -220,13 +233,7 @@ async fn add_members_with_no_users_is_refused() {
     .await;
     assert_eq!(refused["type"], "error");
     assert_eq!(refused["code"], "invalid_request");
-    let members = request(
-        &mut alice,
-        "m",
-        json!({"type": "members", "id": "m", "conversation": id}),
-    )
-    .await;
-    assert_eq!(members["head"], 1, "nothing written");
+    assert_eq!(head(&mut alice, &id).await, 1, "nothing written");
 }
 
 /// §5 create_group: the caller listed in `members`, or a user listed twice, counts once; the
@@ -345,13 +352,11 @@ async fn set_role_to_the_current_role_is_refused() {
     assert_eq!(changed["seq"], 2);
     let again = request(&mut alice, "3", set("3", "admin")).await;
     assert_eq!(again["code"], "invalid_request");
-    let members = request(
-        &mut alice,
-        "m",
-        json!({"type": "members", "id": "m", "conversation": id}),
-    )
-    .await;
-    assert_eq!(members["head"], 2, "only the real change was written");
+    assert_eq!(
+        head(&mut alice, &id).await,
+        2,
+        "only the real change was written"
+    );
 }
 
 /// §12 "A group with no members": once its last member left, the group still exists (its

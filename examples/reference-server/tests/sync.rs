@@ -406,20 +406,7 @@ async fn raw_session(
     id: &ConversationId,
     cursor: Seq,
 ) -> common::Raw {
-    let mut ws = common::raw(server).await;
-    common::send_json(
-        &mut ws,
-        serde_json::json!({"type": "hello", "v": 1, "token": token}),
-    )
-    .await;
-    let welcome = common::next_frame(&mut ws).await;
-    assert!(
-        matches!(
-            welcome,
-            messenger_core::protocol::ServerFrame::Welcome { .. }
-        ),
-        "{welcome:?}"
-    );
+    let mut ws = common::raw_hello(server, token).await;
     common::send_json(
         &mut ws,
         serde_json::json!({"type": "sync", "cursors": {id.as_str(): cursor.get()}}),

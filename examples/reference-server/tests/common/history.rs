@@ -163,17 +163,8 @@ impl History {
             entry: entry.clone(),
         });
         match expected {
-            Some(expected) if entry.seq != expected => Err(format!(
-                "{device}: received seq {} of {} where {expected} was next ({})",
-                entry.seq,
-                entry.conversation,
-                if entry.seq < expected {
-                    "duplicate or reordered"
-                } else {
-                    "gap"
-                }
-            )),
-            _ => Ok(()),
+            Some(expected) => out_of_order(device, &entry, expected).map_or(Ok(()), Err),
+            None => Ok(()),
         }
     }
 
@@ -252,6 +243,21 @@ fn next_expected(records: &[Record], device: &str, conversation: &str) -> Option
     next
 }
 
+/// What is wrong with `device` receiving `entry` where `expected` was next, if anything.
+fn out_of_order(device: &str, entry: &Entry, expected: u64) -> Option<String> {
+    (entry.seq != expected).then(|| {
+        let what = if entry.seq < expected {
+            "duplicate or reordered"
+        } else {
+            "gap"
+        };
+        format!(
+            "{device}: received seq {} of {} where {expected} was next ({what})",
+            entry.seq, entry.conversation
+        )
+    })
+}
+
 /// Every device's stream goes cursor+1, cursor+2, ... per conversation.
 fn stream_problems(records: &[Record], problems: &mut Vec<String>) {
     let mut next: BTreeMap<(&str, &str), u64> = BTreeMap::new();
@@ -271,17 +277,7 @@ fn stream_problems(records: &[Record], problems: &mut Vec<String>) {
                         "{device}: received seq {} of {} before any session of it",
                         entry.seq, entry.conversation
                     )),
-                    Some(&expected) if expected != entry.seq => problems.push(format!(
-                        "{device}: received seq {} of {} where {expected} was next ({})",
-                        entry.seq,
-                        entry.conversation,
-                        if entry.seq < expected {
-                            "duplicate or reordered"
-                        } else {
-                            "gap"
-                        }
-                    )),
-                    Some(_) => {}
+                    Some(&expected) => problems.extend(out_of_order(device, entry, expected)),
                 }
                 next.insert(key, entry.seq + 1);
             }

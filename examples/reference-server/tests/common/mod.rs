@@ -236,8 +236,8 @@ pub async fn raw(server: &Server) -> Raw {
     ws
 }
 
-/// A raw WebSocket after a good hello (and a sync, so entries are delivered).
-pub async fn raw_authed(server: &Server, token: &str) -> Raw {
+/// A raw WebSocket after a good hello, before any sync.
+pub async fn raw_hello(server: &Server, token: &str) -> Raw {
     let mut ws = raw(server).await;
     send_json(
         &mut ws,
@@ -249,6 +249,12 @@ pub async fn raw_authed(server: &Server, token: &str) -> Raw {
         matches!(welcome, ServerFrame::Welcome { .. }),
         "{welcome:?}"
     );
+    ws
+}
+
+/// A raw WebSocket after a good hello (and a sync, so entries are delivered).
+pub async fn raw_authed(server: &Server, token: &str) -> Raw {
+    let mut ws = raw_hello(server, token).await;
     send_json(&mut ws, serde_json::json!({"type": "sync", "cursors": {}})).await;
     loop {
         match next_frame(&mut ws).await {
