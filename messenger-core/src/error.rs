@@ -201,6 +201,19 @@ pub enum ErrorCode {
     Overloaded,
     /// A bug on the server.
     Internal,
+    /// A reply, edit or delete names a seq that holds no message (nothing, or a void).
+    TargetNotFound,
+    /// A reply, edit or delete names a message that was deleted.
+    TargetDeleted,
+    /// The target cannot be replied to, edited or deleted this way (an edit of a media
+    /// message, a reply to a membership change...).
+    NotEditable,
+    /// The edit window of the message has closed.
+    EditWindowClosed,
+    /// The message was edited as often as allowed.
+    TooManyEdits,
+    /// The window in which a sender may delete their message has closed.
+    DeleteWindowClosed,
 }
 
 impl ErrorCode {
@@ -225,10 +238,17 @@ impl ErrorCode {
             | ErrorCode::UnknownType
             | ErrorCode::InvalidId
             | ErrorCode::TooLarge
-            | ErrorCode::InvalidRequest => ErrorKind::InvalidRequest,
+            | ErrorCode::InvalidRequest
+            | ErrorCode::NotEditable
+            | ErrorCode::TooManyEdits => ErrorKind::InvalidRequest,
             ErrorCode::NotAuthenticated => ErrorKind::Unauthorized,
-            ErrorCode::NotMember | ErrorCode::Forbidden => ErrorKind::Forbidden,
-            ErrorCode::NotFound => ErrorKind::NotFound,
+            ErrorCode::NotMember
+            | ErrorCode::Forbidden
+            | ErrorCode::EditWindowClosed
+            | ErrorCode::DeleteWindowClosed => ErrorKind::Forbidden,
+            ErrorCode::NotFound | ErrorCode::TargetNotFound | ErrorCode::TargetDeleted => {
+                ErrorKind::NotFound
+            }
             ErrorCode::RateLimited | ErrorCode::Overloaded => ErrorKind::Overloaded,
             ErrorCode::Unavailable => ErrorKind::Unavailable,
             ErrorCode::Timeout => ErrorKind::Timeout,
@@ -254,6 +274,12 @@ impl ErrorCode {
             ErrorCode::Timeout => "the operation timed out; retry",
             ErrorCode::Overloaded => "the server is overloaded; retry later",
             ErrorCode::Internal => "internal error",
+            ErrorCode::TargetNotFound => "no message at that seq",
+            ErrorCode::TargetDeleted => "that message was deleted",
+            ErrorCode::NotEditable => "that entry cannot be changed this way",
+            ErrorCode::EditWindowClosed => "too late to edit that message",
+            ErrorCode::TooManyEdits => "that message was edited too often",
+            ErrorCode::DeleteWindowClosed => "too late to delete that message",
         }
     }
 }

@@ -72,8 +72,17 @@ fn void_client_msg_id(seq: Seq) -> ClientMsgId {
 pub enum Body {
     /// A text message.
     Text {
-        /// The text, at most [`MAX_TEXT_BYTES`].
+        /// The text, at most [`MAX_TEXT_BYTES`]; after an edit, the latest version.
         text: String,
+        /// The message it replies to, quoted as it was when the reply was sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<Box<Reply>>,
+        /// When it was last edited (absent: never).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edited_at: Option<Timestamp>,
+        /// How many times it was edited.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        edits: u32,
     },
     /// A group was created with these members (the first entry of every group).
     GroupCreated {
@@ -112,9 +121,99 @@ pub enum Body {
     Media(Box<MediaBody>),
     /// The media entry at `media_seq` changed status (see `docs/media.md`).
     MediaStatus(Box<MediaUpdate>),
+    /// The sender edited their text message at `target`: its stored body now holds `text`
+    /// (with `edited_at` and `edits`), and this entry tells devices that hold it already.
+    Edit {
+        /// The seq of the edited message.
+        target: Seq,
+        /// Its new text.
+        text: String,
+    },
+    /// The message at `target` was deleted for everyone: its stored body is now a
+    /// [`Body::Deleted`] tombstone, and this entry tells devices that hold it already.
+    Delete {
+        /// The seq of the deleted message.
+        target: Seq,
+    },
+    /// What a deleted message's entry holds instead of its content (written in place by a
+    /// [`Body::Delete`]; never sent by a device).
+    Deleted {
+        /// Who deleted it: its sender, or a group admin or owner.
+        by: UserId,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+/// The longest excerpt of a quoted message, in characters.
+pub const MAX_EXCERPT_CHARS: usize = 120;
+
+/// The message a reply answers, as it was when the reply was sent: enough to render a quote
+/// without fetching it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Its seq.
+    pub seq: Seq,
+    /// Its sender.
+    pub sender: UserId,
+    /// `text` or `media`.
+    pub kind: ReplyKind,
+    /// The first [`MAX_EXCERPT_CHARS`] characters of its text, or a media message's file name.
+    pub excerpt: String,
+}
+
+/// What kind of message a [`Reply`] quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyKind {
+    /// A text message.
+    Text,
+    /// A media message.
+    Media,
+}
+
+impl Reply {
+    /// The quote of `message`, when it is a message one can reply to (a text or a media
+    /// message that is not deleted).
+    pub fn quote(message: &Message) -> Option<Reply> {
+        let (kind, excerpt) = match &message.body {
+            Body::Text { text, .. } => (ReplyKind::Text, text.as_str()),
+            Body::Media(media) => (ReplyKind::Media, media.name.as_str()),
+            _ => return None,
+        };
+        Some(Reply {
+            seq: message.seq,
+            sender: message.sender.clone(),
+            kind,
+            excerpt: excerpt.chars().take(MAX_EXCERPT_CHARS).collect(),
+        })
+    }
 }
 
 impl Body {
+    /// A plain text body: no reply, never edited.
+    pub fn text(text: impl Into<String>) -> Body {
+        Body::Text {
+            text: text.into(),
+            reply_to: None,
+            edited_at: None,
+            edits: 0,
+        }
+    }
+
+    /// The seq of the message this entry changes in place, for an [`Body::Edit`] or a
+    /// [`Body::Delete`].
+    pub fn amends(&self) -> Option<Seq> {
+        match self {
+            Body::Edit { target, .. } | Body::Delete { target } => Some(*target),
+            _ => None,
+        }
+    }
+
     /// Whether this entry changes the membership of its conversation.
     pub fn is_membership_change(&self) -> bool {
         matches!(
@@ -180,6 +279,9 @@ pub struct MediaBody {
     /// Why it failed, once `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The message it replies to, quoted as it was when the reply was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Reply>,
 }
 
 /// The longest media file name, in bytes of UTF-8.

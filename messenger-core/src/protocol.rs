@@ -277,10 +277,37 @@ pub enum NewBody {
     Text {
         /// The text.
         text: String,
+        /// The seq of the message this one replies to (a text or media message of the same
+        /// conversation); the stored entry quotes it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<Seq>,
     },
     /// An image, video or file. Sequenced at once as `pending`; the sender gets an `upload`
     /// frame with the ticket to upload the bytes (see `docs/media.md`).
     Media(NewMedia),
+    /// Replace the text of the sender's own text message at `target`.
+    Edit {
+        /// The seq of the message to edit.
+        target: Seq,
+        /// Its new text (the same limits as a text message).
+        text: String,
+    },
+    /// Delete the message at `target` for everyone: the sender's own, or (in a group) any
+    /// message for an admin or owner.
+    Delete {
+        /// The seq of the message to delete.
+        target: Seq,
+    },
+}
+
+impl NewBody {
+    /// A plain text body (no reply).
+    pub fn text(text: impl Into<String>) -> NewBody {
+        NewBody::Text {
+            text: text.into(),
+            reply_to: None,
+        }
+    }
 }
 
 /// A media message as the device declares it, before its bytes are uploaded.
@@ -305,6 +332,9 @@ pub struct NewMedia {
     /// Duration in milliseconds.
     #[serde(default)]
     pub duration_ms: Option<u64>,
+    /// The seq of the message this one replies to, as for text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Seq>,
 }
 
 /// Where and how to upload a media message's bytes: `PUT` (or resume with `HEAD` + `PATCH`)
@@ -536,6 +566,30 @@ pub struct Limits {
     /// Largest media upload, in bytes (`0`: this server takes no media).
     #[serde(default)]
     pub max_media_bytes: u64,
+    /// How long after sending a text message its sender may edit it, in milliseconds.
+    #[serde(default = "default_edit_window_ms")]
+    pub edit_window_ms: u64,
+    /// How many times one message may be edited.
+    #[serde(default = "default_max_edits")]
+    pub max_edits: u32,
+    /// How long after sending a message its sender may delete it for everyone, in
+    /// milliseconds (group admins and owners may delete any message at any time).
+    #[serde(default = "default_delete_window_ms")]
+    pub delete_window_ms: u64,
+}
+
+/// 48 hours.
+const fn default_edit_window_ms() -> u64 {
+    48 * 60 * 60 * 1000
+}
+
+const fn default_max_edits() -> u32 {
+    10
+}
+
+/// 48 hours.
+const fn default_delete_window_ms() -> u64 {
+    48 * 60 * 60 * 1000
 }
 
 impl Default for Limits {
@@ -549,6 +603,9 @@ impl Default for Limits {
             typing_per_second: 4,
             frames_per_second: 200,
             max_media_bytes: 0,
+            edit_window_ms: default_edit_window_ms(),
+            max_edits: default_max_edits(),
+            delete_window_ms: default_delete_window_ms(),
         }
     }
 }

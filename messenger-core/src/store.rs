@@ -382,6 +382,100 @@ impl Operation for SetMediaStatus {
     const NAME: &'static str = "set_media_status";
 }
 
+/// Appends `update` (an entry that changes another in place: a [`crate::Body::Edit`] or a
+/// [`crate::Body::Delete`], seq already allocated) and replaces the entry at its target seq
+/// with `amended`, in one atomic write — if that entry still equals `expected`.
+///
+/// The caller (the engine) decides what may change and computes `amended` from the entry it
+/// read (`expected`); the store makes the decision stick: a concurrent change of the target
+/// (a second edit, a delete) makes the comparison fail and nothing is written.
+///
+/// - Idempotent like [`AppendMessage`]: when the conversation already holds an entry from the
+///   same sender with `update`'s `client_msg_id`, nothing else is written, `update.seq` is
+///   stored as void, and the answer is [`Amended::Duplicate`] with the original.
+/// - Conditional on `update.seq` like [`AppendMessage`]: a taken seq is a `Conflict` error
+///   (fence the sequencer, try again with a new seq). Nothing is written, except on a backend
+///   without multi-row transactions, which may have moved the target already: the retry
+///   finds it amended and repairs (below).
+/// - Conditional on the target: when it no longer equals `expected`, nothing is written and
+///   the answer is [`Amended::Changed`] with what it holds now (decide again on that).
+/// - Repair: when the target already equals `amended` but `update`'s key is not stored (a
+///   backend without multi-row transactions was interrupted between its two writes, or the
+///   append found its seq taken after the target moved), `update` is appended.
+///
+/// # Errors
+/// `InvalidRequest` when `update` does not amend the seq of `expected` and `amended`, or they
+/// are of another conversation; `Conflict` when `update.seq` is taken.
+///
+/// # Cancellation safety
+/// As [`AppendMessage`]: the write may still land; retrying the same request is safe.
+#[derive(Debug, Clone)]
+pub struct AmendMessage {
+    /// The entry to append (its body names the target).
+    pub update: Arc<Message>,
+    /// The target as the caller read it.
+    pub expected: Arc<Message>,
+    /// The target as it must be stored.
+    pub amended: Arc<Message>,
+}
+
+impl AmendMessage {
+    /// Checks that the three entries agree: one conversation, and `update` amends the seq of
+    /// `expected` and `amended`. Backends call it before writing anything.
+    ///
+    /// # Errors
+    /// `InvalidRequest` when they do not.
+    pub fn check(&self) -> Result<(), crate::Error> {
+        let target = self.update.body.amends();
+        let agrees = target == Some(self.expected.seq)
+            && self.amended.seq == self.expected.seq
+            && self.update.conversation == self.expected.conversation
+            && self.amended.conversation == self.expected.conversation
+            && self.update.seq != self.expected.seq;
+        if agrees {
+            Ok(())
+        } else {
+            Err(crate::Error::new(
+                crate::ErrorKind::InvalidRequest,
+                format!(
+                    "amend_message: update {} of {} does not amend seq {} of {}",
+                    self.update.seq,
+                    self.update.conversation,
+                    self.expected.seq,
+                    self.expected.conversation
+                ),
+            ))
+        }
+    }
+}
+
+/// The answer to [`AmendMessage`].
+#[derive(Debug, Clone)]
+pub enum Amended {
+    /// `update` was appended and the target now holds `amended` (also after a repair).
+    Applied {
+        /// The appended entry.
+        update: Arc<Message>,
+        /// The target as stored now.
+        target: Arc<Message>,
+    },
+    /// `update` was a retry: its original is stored, and the new seq was voided.
+    Duplicate {
+        /// The entry stored before with `update`'s key.
+        original: Arc<Message>,
+    },
+    /// The target no longer equals `expected`: nothing was written.
+    Changed {
+        /// What the target seq holds now (`None`: nothing).
+        current: Option<Arc<Message>>,
+    },
+}
+
+impl Operation for AmendMessage {
+    type Response = Amended;
+    const NAME: &'static str = "amend_message";
+}
+
 /// Every store operation, as one bound: what the socket layer needs from a store.
 pub trait StoreService:
     Handles<AppendMessage>
@@ -399,6 +493,7 @@ pub trait StoreService:
     + Handles<SetLastSeen>
     + Handles<GetLastSeen>
     + Handles<SetMediaStatus>
+    + Handles<AmendMessage>
 {
 }
 
@@ -418,5 +513,6 @@ impl<S> StoreService for S where
         + Handles<SetLastSeen>
         + Handles<GetLastSeen>
         + Handles<SetMediaStatus>
+        + Handles<AmendMessage>
 {
 }

@@ -313,7 +313,7 @@ fn stored(conversation: &str, seq: u64, text: &str) -> DomainEvent {
             sender_device: DeviceId::new("phone").unwrap(),
             client_msg_id: ClientMsgId::new(format!("m-{seq}")).unwrap(),
             sent_at: Timestamp(1_764_300_000_000 + seq),
-            body: Body::Text { text: text.into() },
+            body: Body::text(text),
         }),
     }
 }

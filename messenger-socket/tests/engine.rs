@@ -81,7 +81,7 @@ fn actor(user: &str) -> Identity {
 }
 
 fn text(text: &str) -> NewBody {
-    NewBody::Text { text: text.into() }
+    NewBody::text(text)
 }
 
 #[tokio::test]
@@ -140,7 +140,9 @@ async fn service_calls_reach_connected_devices_in_order() {
             assert_eq!(message.conversation, id);
             seqs.push(message.seq.0);
             if message.seq.0 > 1 {
-                assert!(matches!(&message.body, Body::Text { text } if text.starts_with("notice")));
+                assert!(
+                    matches!(&message.body, Body::Text { text, .. } if text.starts_with("notice"))
+                );
             }
         }
     }

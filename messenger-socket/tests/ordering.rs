@@ -122,12 +122,7 @@ async fn a_seq_that_is_never_stored_becomes_void_and_order_holds() {
     assert_eq!(seen[0].seq, Seq(2));
     assert_eq!(seen[0].body, Body::Void);
     assert_eq!(seen[1].seq, Seq(3));
-    assert_eq!(
-        seen[1].body,
-        Body::Text {
-            text: "third".into()
-        }
-    );
+    assert_eq!(seen[1].body, Body::text("third"));
 
     // The void is stored: a later reader sees the same log, and the seq is never reused.
     let page = call(

@@ -130,9 +130,7 @@ async fn run_on<B: StoreBackend>(
                     sender_device: device.clone(),
                     client_msg_id: ClientMsgId::new(format!("m{seq}"))?,
                     sent_at: Timestamp::now(),
-                    body: Body::Text {
-                        text: "x".repeat(200),
-                    },
+                    body: Body::text("x".repeat(200)),
                 };
                 let begun = Instant::now();
                 call(
@@ -343,9 +341,7 @@ fn ceiling(
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(CEILING_SCHEMA)?;
-    let body = serde_json::to_string(&Body::Text {
-        text: "x".repeat(200),
-    })?;
+    let body = serde_json::to_string(&Body::text("x".repeat(200)))?;
     let senders: Vec<String> = (0..CONVERSATIONS).map(|n| format!("user{n}")).collect();
     let conversations: Vec<String> = (0..CONVERSATIONS)
         .map(|n| format!("g:ceiling-{n}"))

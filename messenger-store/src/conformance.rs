@@ -23,9 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use messenger_core::store::{
-    AppendMessage, Appended, CreateConversation, FindMessage, GetConversation, GetHead,
-    GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore, ReadRange, SetLastSeen,
-    SetMediaStatus, StoreService, UpdateReceipt, UserConversations, VoidHoles, VoidSeq,
+    AmendMessage, Amended, AppendMessage, Appended, CreateConversation, FindMessage,
+    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
+    ReadRange, SetLastSeen, SetMediaStatus, StoreService, UpdateReceipt, UserConversations,
+    VoidHoles, VoidSeq,
 };
 use messenger_core::{
     Body, ClientMsgId, Conversation, ConversationId, ConversationKind, DeviceId, Error, ErrorKind,
@@ -54,6 +55,9 @@ pub async fn run_all<S: StoreService>(store: &S) {
     create_conversation_is_idempotent(store).await;
     media_moves_once_from_pending(store).await;
     media_status_is_conditional(store).await;
+    amend_replaces_the_target_and_appends_the_update(store).await;
+    amend_is_conditional_on_the_target(store).await;
+    amend_retries_and_taken_seqs(store).await;
 }
 
 /// A suffix no other run of the suite uses: process id, clock and a counter.
@@ -113,9 +117,7 @@ fn text(
     sender: &UserId,
     client_msg_id: &str,
 ) -> Arc<Message> {
-    let body = Body::Text {
-        text: format!("message {client_msg_id} at {seq}"),
-    };
+    let body = Body::text(format!("message {client_msg_id} at {seq}"));
     entry(conversation, seq, sender, client_msg_id, body)
 }
 
@@ -1322,6 +1324,7 @@ fn media(conversation: &ConversationId, seq: u64, sender: &UserId) -> Arc<Messag
         status: MediaStatus::Pending,
         url: None,
         reason: None,
+        reply_to: None,
     }));
     entry(conversation, seq, sender, &format!("media-{seq}"), body)
 }
@@ -1467,4 +1470,208 @@ pub async fn media_status_is_conditional<S: StoreService>(store: &S) {
         .expect_err("seq 99 is empty");
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(entry_at(store, &chat, 4).await.is_none());
+}
+
+async fn amend<S: StoreService>(
+    store: &S,
+    update: &Arc<Message>,
+    expected: &Arc<Message>,
+    amended: &Arc<Message>,
+) -> Result<Amended, Error> {
+    call(
+        store,
+        AmendMessage {
+            update: Arc::clone(update),
+            expected: Arc::clone(expected),
+            amended: Arc::clone(amended),
+        },
+    )
+    .await
+}
+
+/// `target` with its text replaced as an edit does it.
+fn edited(target: &Message, text: &str, at: u64, edits: u32) -> Arc<Message> {
+    Arc::new(Message {
+        body: Body::Text {
+            text: text.to_owned(),
+            reply_to: None,
+            edited_at: Some(Timestamp(at)),
+            edits,
+        },
+        ..target.clone()
+    })
+}
+
+fn edit_entry(
+    conversation: &ConversationId,
+    seq: u64,
+    sender: &UserId,
+    client_msg_id: &str,
+    target: u64,
+    text: &str,
+) -> Arc<Message> {
+    let body = Body::Edit {
+        target: Seq(target),
+        text: text.to_owned(),
+    };
+    entry(conversation, seq, sender, client_msg_id, body)
+}
+
+/// An edit and a delete: the update entry is appended at its seq and the target reads as
+/// amended, in history read later (by range and from the head).
+pub async fn amend_replaces_the_target_and_appends_the_update<S: StoreService>(store: &S) {
+    let alice = user("alice");
+    let chat = group_id();
+    let original = text(&chat, 1, &alice, "first");
+    append(store, &original).await;
+    append(store, &text(&chat, 2, &alice, "second")).await;
+
+    let edit = edit_entry(&chat, 3, &alice, "edit-1", 1, "first, edited");
+    let new = edited(&original, "first, edited", 42, 1);
+    match amend(store, &edit, &original, &new).await.expect("edit") {
+        Amended::Applied { update, target } => {
+            assert_eq!(update, edit, "the update entry as stored");
+            assert_eq!(target, new, "the target as stored");
+        }
+        other => panic!("a first edit applies: {other:?}"),
+    }
+    let page = read_range(store, &chat, 0, None, 10).await;
+    assert_eq!(seqs(&page), vec![1, 2, 3]);
+    assert_eq!(page.head, Seq(3), "the update raised the head");
+    assert_eq!(page.messages[0], new, "history shows the latest version");
+    assert_eq!(page.messages[2], edit, "the edit is an entry of the log");
+
+    let delete = entry(
+        &chat,
+        4,
+        &alice,
+        "delete-2",
+        Body::Delete { target: Seq(2) },
+    );
+    let second = entry_at(store, &chat, 2).await.expect("seq 2");
+    let tombstone = Arc::new(Message {
+        body: Body::Deleted {
+            by: alice.clone(),
+            at: Timestamp(43),
+        },
+        ..(*second).clone()
+    });
+    let answer = amend(store, &delete, &second, &tombstone).await;
+    assert!(
+        matches!(answer, Ok(Amended::Applied { .. })),
+        "a delete applies: {answer:?}"
+    );
+    let page = read_before(store, &chat, None, 10).await;
+    assert_eq!(seqs(&page), vec![1, 2, 3, 4]);
+    assert_eq!(
+        page.messages[1], tombstone,
+        "the deleted entry holds its tombstone"
+    );
+}
+
+/// The target decides: an amendment computed from a version that is no longer stored writes
+/// nothing and answers what is stored; one whose result is stored already (an interrupted
+/// attempt) appends its update; a target seq holding nothing is `Changed` with nothing.
+pub async fn amend_is_conditional_on_the_target<S: StoreService>(store: &S) {
+    let alice = user("alice");
+    let chat = group_id();
+    let original = text(&chat, 1, &alice, "first");
+    append(store, &original).await;
+    let once = edited(&original, "once", 10, 1);
+    let first = edit_entry(&chat, 2, &alice, "edit-a", 1, "once");
+    amend(store, &first, &original, &once)
+        .await
+        .expect("first edit");
+
+    // A second edit decided on the original loses to the first.
+    let stale = edit_entry(&chat, 3, &alice, "edit-b", 1, "stale");
+    let answer = amend(store, &stale, &original, &edited(&original, "stale", 11, 1))
+        .await
+        .expect("a stale edit is answered");
+    match answer {
+        Amended::Changed { current } => {
+            assert_eq!(
+                current,
+                Some(Arc::clone(&once)),
+                "answers the stored version"
+            );
+        }
+        other => panic!("a stale edit is refused: {other:?}"),
+    }
+    assert_eq!(
+        head(store, &chat).await,
+        Seq(2),
+        "the stale edit wrote nothing"
+    );
+
+    // The result is stored already: the update alone is appended.
+    let repair = edit_entry(&chat, 3, &alice, "edit-c", 1, "once");
+    let answer = amend(store, &repair, &original, &once)
+        .await
+        .expect("a repair");
+    assert!(matches!(answer, Amended::Applied { .. }), "{answer:?}");
+    assert_eq!(entry_at(store, &chat, 3).await, Some(repair));
+    assert_eq!(
+        entry_at(store, &chat, 1).await,
+        Some(once),
+        "the target is unchanged"
+    );
+
+    // Nothing at the target seq.
+    let missing = text(&chat, 9, &alice, "never-stored");
+    let update = edit_entry(&chat, 4, &alice, "edit-d", 9, "x");
+    let answer = amend(store, &update, &missing, &edited(&missing, "x", 12, 1))
+        .await
+        .expect("an absent target is answered");
+    assert!(
+        matches!(answer, Amended::Changed { current: None }),
+        "{answer:?}"
+    );
+    assert_eq!(head(store, &chat).await, Seq(3), "nothing written");
+}
+
+/// A retried amendment (same key, new seq) answers the original and voids the new seq; an
+/// update at a taken seq is `Conflict` and changes nothing; entries that do not agree are
+/// `InvalidRequest`.
+pub async fn amend_retries_and_taken_seqs<S: StoreService>(store: &S) {
+    let alice = user("alice");
+    let chat = group_id();
+    let original = text(&chat, 1, &alice, "first");
+    append(store, &original).await;
+    let new = edited(&original, "edited", 10, 1);
+    let edit = edit_entry(&chat, 2, &alice, "edit-1", 1, "edited");
+    amend(store, &edit, &original, &new).await.expect("edit");
+
+    let retry = edit_entry(&chat, 3, &alice, "edit-1", 1, "edited");
+    match amend(store, &retry, &original, &new).await.expect("retry") {
+        Amended::Duplicate { original } => assert_eq!(original, edit, "the first attempt"),
+        other => panic!("a retry is a duplicate: {other:?}"),
+    }
+    assert!(
+        entry_at(store, &chat, 3)
+            .await
+            .is_some_and(|entry| entry.is_void()),
+        "the retry's seq is void"
+    );
+
+    let clash = edit_entry(&chat, 3, &alice, "edit-2", 1, "again");
+    let err = amend(store, &clash, &new, &edited(&new, "again", 11, 2))
+        .await
+        .expect_err("a taken seq");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    // Retried at a fresh seq as the engine does (a backend without multi-row transactions
+    // may have moved the target already: the retry repairs it).
+    let twice = edited(&new, "again", 11, 2);
+    let clash = edit_entry(&chat, 4, &alice, "edit-2", 1, "again");
+    let answer = amend(store, &clash, &new, &twice).await.expect("retry");
+    assert!(matches!(answer, Amended::Applied { .. }), "{answer:?}");
+    assert_eq!(entry_at(store, &chat, 1).await, Some(Arc::clone(&twice)));
+    assert_eq!(entry_at(store, &chat, 4).await, Some(clash));
+
+    let elsewhere = edit_entry(&chat, 5, &alice, "edit-3", 2, "wrong target");
+    let err = amend(store, &elsewhere, &twice, &edited(&twice, "x", 12, 3))
+        .await
+        .expect_err("an update naming another seq");
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
+    assert_eq!(head(store, &chat).await, Seq(4), "nothing written");
 }

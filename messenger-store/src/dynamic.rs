@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use messenger_core::service::BoxFuture;
 use messenger_core::store::{
-    AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
-    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
-    ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
-    VoidHoles, VoidSeq,
+    AmendMessage, Amended, AppendMessage, Appended, ConversationInfo, CreateConversation, Created,
+    FindMessage, GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage,
+    ReadBefore, ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt,
+    UserConversations, VoidHoles, VoidSeq,
 };
 use messenger_core::{ConversationSummary, Error, Message, Receipts, Seq, Timestamp, UserId};
 
@@ -78,6 +78,9 @@ pub trait DynStoreBackend: Send + Sync + 'static {
 
     /// [`StoreBackend::set_media_status`], boxed.
     fn set_media_status_dyn(&self, request: SetMediaStatus) -> BoxFuture<'_, MediaStatusSet>;
+
+    /// [`StoreBackend::amend`], boxed.
+    fn amend_dyn(&self, request: AmendMessage) -> BoxFuture<'_, Amended>;
 
     /// The name of the backend's type, for `Debug` output.
     fn backend_type(&self) -> &'static str;
@@ -151,6 +154,10 @@ impl<B: StoreBackend> DynStoreBackend for B {
 
     fn set_media_status_dyn(&self, request: SetMediaStatus) -> BoxFuture<'_, MediaStatusSet> {
         Box::pin(self.set_media_status(request))
+    }
+
+    fn amend_dyn(&self, request: AmendMessage) -> BoxFuture<'_, Amended> {
+        Box::pin(self.amend(request))
     }
 
     fn backend_type(&self) -> &'static str {
@@ -268,6 +275,10 @@ impl StoreBackend for Arc<dyn DynStoreBackend> {
         request: SetMediaStatus,
     ) -> impl Future<Output = Result<MediaStatusSet, Error>> + Send {
         self.as_ref().set_media_status_dyn(request)
+    }
+
+    fn amend(&self, request: AmendMessage) -> impl Future<Output = Result<Amended, Error>> + Send {
+        self.as_ref().amend_dyn(request)
     }
 }
 

@@ -177,9 +177,7 @@ mod tests {
             sender_device: DeviceId::new("phone").unwrap(),
             client_msg_id: ClientMsgId::new(format!("m-{seq}")).unwrap(),
             sent_at: Timestamp::now(),
-            body: Body::Text {
-                text: "hi".to_owned(),
-            },
+            body: Body::text("hi"),
         }
     }
 

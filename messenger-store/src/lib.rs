@@ -27,7 +27,7 @@
 //!     sender_device: DeviceId::new("phone")?,
 //!     client_msg_id: ClientMsgId::new("m-1")?,
 //!     sent_at: Timestamp::now(),
-//!     body: Body::Text { text: "hi".to_owned() },
+//!     body: Body::text("hi"),
 //! };
 //! // Answered once the message is durable on disk.
 //! let appended = call(&store, AppendMessage { message: Arc::new(message) }).await?;
@@ -61,15 +61,16 @@ use std::sync::Arc;
 
 use messenger_core::sequencer::SeqFloor;
 use messenger_core::store::{
-    AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
-    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
-    ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
-    VoidHoles, VoidSeq,
+    AmendMessage, Amended, AppendMessage, Appended, ConversationInfo, CreateConversation, Created,
+    FindMessage, GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage,
+    ReadBefore, ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt,
+    UserConversations, VoidHoles, VoidSeq,
 };
 use messenger_core::{
     ConversationId, ConversationSummary, Error, Message, Receipts, Seq, Timestamp, UserId,
 };
 
+mod amend;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod dynamic;
@@ -234,6 +235,14 @@ pub trait StoreBackend: Send + Sync + 'static {
         &self,
         request: SetMediaStatus,
     ) -> impl Future<Output = Result<MediaStatusSet, Error>> + Send;
+
+    /// Appends an edit or delete entry and replaces its target, in one write conditional on
+    /// the target as read ([`AmendMessage`]).
+    ///
+    /// # Errors
+    /// `InvalidRequest` when the request's entries disagree; `Conflict` when the update's seq
+    /// is taken; `Unavailable` when the storage cannot be written.
+    fn amend(&self, request: AmendMessage) -> impl Future<Output = Result<Amended, Error>> + Send;
 }
 
 /// The store as tower services: [`tower::Service`] for every request of
@@ -292,6 +301,7 @@ messenger_core::forward_service!(Store<B: StoreBackend>, GetReceipts => receipts
 messenger_core::forward_service!(Store<B: StoreBackend>, SetLastSeen => set_last_seen);
 messenger_core::forward_service!(Store<B: StoreBackend>, GetLastSeen => last_seen);
 messenger_core::forward_service!(Store<B: StoreBackend>, SetMediaStatus => set_media_status);
+messenger_core::forward_service!(Store<B: StoreBackend>, AmendMessage => amend);
 
 /// The sequencer's floor is the store's head: numbers never repeat after a restart.
 impl<B: StoreBackend> SeqFloor for Store<B> {

@@ -69,9 +69,7 @@ fn writer_role() {
                         sender_device: DeviceId::new("d").expect("id"),
                         client_msg_id: ClientMsgId::new(format!("w{writer}-{n}")).expect("id"),
                         sent_at: Timestamp::now(),
-                        body: Body::Text {
-                            text: text(writer, n),
-                        },
+                        body: Body::text(text(writer, n)),
                     };
                     call(
                         &store,
@@ -187,12 +185,7 @@ fn crash_and_check(durability: &str) {
                 });
             assert_eq!(message.client_msg_id.as_str(), format!("w{writer}-{n}"));
             assert_eq!(message.sender.as_str(), format!("w{writer}"));
-            assert_eq!(
-                message.body,
-                Body::Text {
-                    text: text(*writer, *n)
-                }
-            );
+            assert_eq!(message.body, Body::text(text(*writer, *n)));
         }
         // The reopened store takes writes again.
         let head = logs[0].head;

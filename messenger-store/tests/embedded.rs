@@ -130,9 +130,7 @@ mod embedded_only {
             sender_device: DeviceId::new("d").expect("id"),
             client_msg_id: ClientMsgId::new(key).expect("id"),
             sent_at: Timestamp(1),
-            body: Body::Text {
-                text: format!("text {seq}"),
-            },
+            body: Body::text(format!("text {seq}")),
         };
         // Odd seqs first, so each of the racing appends below to an odd seq is a conflict.
         for seq in (1..=199).step_by(2) {

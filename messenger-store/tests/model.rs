@@ -78,9 +78,7 @@ fn message(conversation: &ConversationId, seq: u64, sender: u8, key: u8) -> Arc<
         sender_device: DeviceId::new("d").expect("id"),
         client_msg_id: ClientMsgId::new(format!("k{key}")).expect("id"),
         sent_at: Timestamp(seq),
-        body: Body::Text {
-            text: format!("{sender}/{key}"),
-        },
+        body: Body::text(format!("{sender}/{key}")),
     })
 }
 

@@ -143,9 +143,7 @@ async fn group_commit_keeps_each_appends_outcome() {
         sender_device: DeviceId::new("d").expect("id"),
         client_msg_id: ClientMsgId::new(key).expect("id"),
         sent_at: Timestamp(1),
-        body: Body::Text {
-            text: format!("text {seq}"),
-        },
+        body: Body::text(format!("text {seq}")),
     };
     // Seqs 1..=100 hold `first-N`.
     for seq in 1..=100 {

@@ -65,9 +65,7 @@ async fn acknowledged_appends_survive_a_server_restart() {
             sender_device: DeviceId::new("d").expect("a device id"),
             client_msg_id: ClientMsgId::new(format!("m{seq}")).expect("a key"),
             sent_at: Timestamp(seq),
-            body: Body::Text {
-                text: format!("#{seq}"),
-            },
+            body: Body::text(format!("#{seq}")),
         });
         match call(&store, AppendMessage { message }).await {
             Ok(appended) => {

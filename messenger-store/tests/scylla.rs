@@ -111,9 +111,7 @@ fn text(conversation: &ConversationId, sender: &UserId, key: &str, seq: u64) -> 
         sender_device: DeviceId::new("test-device").expect("a device id"),
         client_msg_id: ClientMsgId::new(key).expect("a client msg id"),
         sent_at: Timestamp(1),
-        body: Body::Text {
-            text: key.to_owned(),
-        },
+        body: Body::text(key),
     })
 }
 

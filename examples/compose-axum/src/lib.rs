@@ -177,7 +177,7 @@ async fn run_echo_bot(engine: AppEngine, mut events: mpsc::UnboundedReceiver<Dom
         let DomainEvent::MessageStored { message } = event else {
             continue;
         };
-        let Body::Text { text } = &message.body else {
+        let Body::Text { text, .. } = &message.body else {
             continue;
         };
         let for_bot = ConversationId::direct(&message.sender, &bot)
@@ -193,9 +193,7 @@ async fn run_echo_bot(engine: AppEngine, mut events: mpsc::UnboundedReceiver<Dom
             actor: actor.clone(),
             conversation: message.conversation.clone(),
             client_msg_id,
-            body: NewBody::Text {
-                text: format!("echo: {text}"),
-            },
+            body: NewBody::text(format!("echo: {text}")),
         };
         if let Err(err) = call(&engine, reply).await {
             tracing::warn!(error = %err, "the echo bot could not answer");
@@ -289,7 +287,7 @@ async fn send_message(
         actor,
         conversation,
         client_msg_id,
-        body: NewBody::Text { text: new.text },
+        body: NewBody::text(new.text),
     };
     match call(&state.engine, send).await {
         Ok(sent) => (

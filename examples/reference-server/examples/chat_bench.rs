@@ -166,7 +166,7 @@ async fn connect(url: String, user: String, samples: mpsc::UnboundedSender<Durat
         while let Some(event) = events.next().await {
             match event {
                 ClientEvent::Message(message) if message.sender != me => {
-                    if let Body::Text { text } = &message.body {
+                    if let Body::Text { text, .. } = &message.body {
                         if let Ok(sent_ns) = text.parse::<u64>() {
                             let _ = samples.send(Duration::from_nanos(now_ns() - sent_ns));
                         }

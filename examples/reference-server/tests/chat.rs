@@ -68,9 +68,7 @@ async fn retried_send_returns_the_original_seq_and_is_delivered_once() {
         .id;
 
     let key = messenger_core::ClientMsgId::new("fixed-key-1").unwrap();
-    let body = messenger_core::protocol::NewBody::Text {
-        text: "only once".into(),
-    };
+    let body = messenger_core::protocol::NewBody::text("only once");
     let first = alice
         .send_with_id(&id, key.clone(), body.clone())
         .await

@@ -22,9 +22,7 @@ fn entry(seq: u64, sender: &str, client_msg_id: &str) -> Message {
         sender_device: DeviceId::new("phone").unwrap(),
         client_msg_id: ClientMsgId::new(client_msg_id).unwrap(),
         sent_at: Timestamp(1),
-        body: Body::Text {
-            text: client_msg_id.to_owned(),
-        },
+        body: Body::text(client_msg_id),
     }
 }
 

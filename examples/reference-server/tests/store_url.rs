@@ -36,7 +36,7 @@ async fn an_embedded_path_holds_the_log_across_a_restart() {
     let texts: Vec<&str> = history
         .iter()
         .filter_map(|message| match &message.body {
-            Body::Text { text } => Some(text.as_str()),
+            Body::Text { text, .. } => Some(text.as_str()),
             _ => None,
         })
         .collect();

@@ -277,7 +277,7 @@ fn print_message(message: &Message) {
         message.conversation, message.seq, message.sender
     );
     match &message.body {
-        Body::Text { text } => println!("{prefix}: {text}"),
+        Body::Text { text, .. } => println!("{prefix}: {text}"),
         Body::GroupCreated { title, members } => {
             let names: Vec<String> = members.iter().map(|m| m.user.to_string()).collect();
             println!("{prefix} created \"{title}\" with {}", names.join(", "));

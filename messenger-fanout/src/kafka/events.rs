@@ -339,7 +339,7 @@ mod tests {
                     sender_device: DeviceId::new("phone").unwrap(),
                     client_msg_id: ClientMsgId::new("m-1").unwrap(),
                     sent_at: Timestamp(5),
-                    body: Body::Text { text: "hi".into() },
+                    body: Body::text("hi"),
                 }),
             },
             DomainEvent::ReceiptUpdated {

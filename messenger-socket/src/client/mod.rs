@@ -274,7 +274,7 @@ impl Client {
                 format!("the text is {} bytes; the limit is {max}", text.len()),
             ))
         } else {
-            Ok(self.enqueue_send(conversation, new_client_msg_id(), NewBody::Text { text }))
+            Ok(self.enqueue_send(conversation, new_client_msg_id(), NewBody::text(text)))
         };
         async move { queued?.await }
     }

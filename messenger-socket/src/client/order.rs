@@ -185,9 +185,7 @@ mod tests {
             sender_device: DeviceId::new("phone").unwrap(),
             client_msg_id: ClientMsgId::new(format!("m{seq}")).unwrap(),
             sent_at: Timestamp(seq),
-            body: Body::Text {
-                text: format!("#{seq}"),
-            },
+            body: Body::text(format!("#{seq}")),
         })
     }
 

@@ -141,7 +141,7 @@ mod tests {
         outbox.push(
             ConversationId::new("g:x").unwrap(),
             ClientMsgId::new(id).unwrap(),
-            NewBody::Text { text: id.into() },
+            NewBody::text(id),
             tx,
         );
         rx

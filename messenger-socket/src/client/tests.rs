@@ -148,12 +148,7 @@ fn entry(seq: u64, body: Body) -> Arc<Message> {
 }
 
 fn text(seq: u64) -> Arc<Message> {
-    entry(
-        seq,
-        Body::Text {
-            text: format!("#{seq}"),
-        },
-    )
+    entry(seq, Body::text(format!("#{seq}")))
 }
 
 /// The seqs of the next `count` message events, skipping other events.
@@ -226,12 +221,7 @@ async fn resends_the_outbox_in_order_with_the_same_ids_after_a_restart() {
         else {
             panic!("expected a send");
         };
-        assert_eq!(
-            body,
-            messenger_core::protocol::NewBody::Text {
-                text: expected.into()
-            }
-        );
+        assert_eq!(body, messenger_core::protocol::NewBody::text(expected));
         ids.push(client_msg_id);
     }
     let sent = |id: &ClientMsgId, seq: u64, duplicate: bool| ServerFrame::Sent {

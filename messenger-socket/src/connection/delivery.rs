@@ -383,7 +383,7 @@ mod tests {
                 actor: bob,
                 conversation: group.clone(),
                 client_msg_id: messenger_core::ClientMsgId::new("lost-live").unwrap(),
-                body: messenger_core::protocol::NewBody::Text { text: "x".into() },
+                body: messenger_core::protocol::NewBody::text("x"),
             })
             .await
             .unwrap();
@@ -435,7 +435,7 @@ mod tests {
                     actor: alice.clone(),
                     conversation: group.clone(),
                     client_msg_id: ClientMsgId::new(format!("while-out-{n}")).unwrap(),
-                    body: messenger_core::protocol::NewBody::Text { text: "x".into() },
+                    body: messenger_core::protocol::NewBody::text("x"),
                 })
                 .await
                 .unwrap();

@@ -3,19 +3,19 @@
 
 use messenger_core::auth::Identity;
 use messenger_core::protocol::{ServerFrame, UploadTicket};
-use messenger_core::{Body, ClientMsgId, ConversationId, Message};
+use messenger_core::{ClientMsgId, ConversationId, Message};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::refusal::send_error;
-use crate::engine::{Backends, Engine, Prepared};
+use crate::engine::{Backends, Draft, Engine, Prepared};
 use crate::hub::{ConnectionHandle, Outbound};
 
 /// A send waiting for its seq, in the order the device sent it.
 pub(super) struct QueuedSend {
     pub(super) conversation: ConversationId,
     pub(super) client_msg_id: ClientMsgId,
-    pub(super) body: Body,
+    pub(super) body: Draft,
 }
 
 /// The connection's send worker, started by its first `send`: a connection that never sends

@@ -173,7 +173,7 @@ mod tests {
                 ),
                 conversation: group.clone(),
                 client_msg_id: messenger_core::ClientMsgId::new("after-reset").unwrap(),
-                body: messenger_core::protocol::NewBody::Text { text: "x".into() },
+                body: messenger_core::protocol::NewBody::text("x"),
             })
             .await
             .unwrap();

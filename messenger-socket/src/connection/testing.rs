@@ -206,8 +206,6 @@ pub(super) fn entry(conversation: &ConversationId, seq: u64) -> Arc<messenger_co
         sender_device: messenger_core::DeviceId::new("laptop").expect("a device id"),
         client_msg_id: messenger_core::ClientMsgId::new(format!("m{seq}")).expect("an id"),
         sent_at: messenger_core::Timestamp(seq),
-        body: messenger_core::Body::Text {
-            text: format!("#{seq}"),
-        },
+        body: messenger_core::Body::text(format!("#{seq}")),
     })
 }

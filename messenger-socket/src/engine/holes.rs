@@ -434,9 +434,7 @@ mod tests {
             sender_device: DeviceId::new("phone").unwrap(),
             client_msg_id: ClientMsgId::new(format!("m{seq}")).unwrap(),
             sent_at,
-            body: Body::Text {
-                text: format!("m{seq}"),
-            },
+            body: Body::text(format!("m{seq}")),
         })
     }
 

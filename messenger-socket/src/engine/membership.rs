@@ -47,6 +47,7 @@ impl<B: Backends> Engine<B> {
                 body,
             }),
             recipients: recipients.into(),
+            amendment: None,
         };
         let mut stored = self.store_pending(pending).await?;
         self.deliver_stored(&mut stored).await;

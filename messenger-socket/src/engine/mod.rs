@@ -42,7 +42,7 @@
 //!     actor: alice,
 //!     conversation: chat.conversation.id.clone(),
 //!     client_msg_id: ClientMsgId::new("bot-1")?,
-//!     body: NewBody::Text { text: "hello from a bot".into() },
+//!     body: NewBody::text("hello from a bot"),
 //! })
 //! .await?;
 //! assert_eq!(sent.message.seq.0, 1);
@@ -57,6 +57,7 @@
 //! clients see only its code and generic words ([`Error::client_message`]). See `docs/architecture.md` for the one send pipeline and which tower layers
 //! fit these services.
 
+mod amend;
 pub(crate) mod holes;
 pub mod layer;
 pub(crate) mod media;
@@ -83,7 +84,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 pub use self::node::Node;
-pub(crate) use self::pipeline::Prepared;
+pub(crate) use self::pipeline::{Draft, Prepared};
 pub use self::requests::{
     AddMembers, CreateGroup, GetMembers, GetPresence, LeaveGroup, ListConversations, MarkReceipt,
     MessageSent, OpenDirect, ReadHistory, ReadReceipts, RemoveMember, SendMessage, SetRole,

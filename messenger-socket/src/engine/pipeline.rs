@@ -16,16 +16,36 @@ use messenger_core::{
     Timestamp, UserId, call,
 };
 
+use super::amend::{self, Amendment, Standing};
 use super::{Backends, Engine, MessageSent, SendMessage};
 
 /// Conflicts (a seq found taken) tolerated before an append gives up.
 const MAX_ATTEMPTS: u32 = 4;
+
+/// A send's body checked against the limits, before its conversation is looked at.
+#[derive(Debug)]
+pub(crate) struct Draft {
+    pub(crate) body: Body,
+    /// The seq it replies to: [`Engine::prepare_send`] quotes it into the body.
+    pub(crate) reply_to: Option<Seq>,
+}
+
+impl From<Body> for Draft {
+    fn from(body: Body) -> Self {
+        Draft {
+            body,
+            reply_to: None,
+        }
+    }
+}
 
 /// An entry that has its seq and waits to be stored.
 #[derive(Debug)]
 pub(crate) struct Pending {
     pub(crate) message: Arc<Message>,
     pub(crate) recipients: Arc<[UserId]>,
+    /// For an edit or delete: its target as checked.
+    pub(crate) amendment: Option<Amendment>,
 }
 
 /// What checking and sequencing a send produced.
@@ -47,6 +67,31 @@ pub(crate) struct Stored {
     fanout: Option<(Arc<[UserId]>, Arc<Message>)>,
 }
 
+impl Stored {
+    /// An entry just appended, to fan out to `recipients`.
+    pub(crate) fn fresh(message: Arc<Message>, recipients: Arc<[UserId]>) -> Self {
+        Stored {
+            fanout: Some((recipients, Arc::clone(&message))),
+            message,
+            duplicate: false,
+        }
+    }
+
+    /// The original of a retried send; the void the store wrote at the retry's seq is what
+    /// `recipients` are told.
+    pub(crate) fn duplicate(
+        original: Arc<Message>,
+        recipients: Arc<[UserId]>,
+        void: Arc<Message>,
+    ) -> Self {
+        Stored {
+            message: original,
+            duplicate: true,
+            fanout: Some((recipients, void)),
+        }
+    }
+}
+
 impl<B: Backends> Engine<B> {
     /// The whole pipeline for one send, as [`SendMessage`] answers it: returns once the entry
     /// is durable and handed to the fanout.
@@ -57,9 +102,9 @@ impl<B: Backends> Engine<B> {
             client_msg_id,
             body,
         } = request;
-        let body = self.validate_body(body)?;
+        let draft = self.validate_body(body)?;
         let mut stored = match self
-            .prepare_send(&actor, conversation, client_msg_id, body)
+            .prepare_send(&actor, conversation, client_msg_id, draft)
             .await?
         {
             Prepared::Pending(pending) => self.commit_send(pending).await?,
@@ -74,34 +119,52 @@ impl<B: Backends> Engine<B> {
         })
     }
 
-    /// Checks a body a device sent against the limits and turns it into a stored body.
-    pub(crate) fn validate_body(&self, body: NewBody) -> Result<Body, Error> {
-        let limits = &self.config().limits;
+    /// Checks a body a device sent against the limits and turns it into a stored body (a
+    /// reply's quote is added by [`Engine::prepare_send`]).
+    pub(crate) fn validate_body(&self, body: NewBody) -> Result<Draft, Error> {
         match body {
-            NewBody::Text { text } => {
-                if text.len() > limits.max_text_bytes {
-                    Err(Error::refused(
-                        ErrorCode::TooLarge,
-                        format!(
-                            "text is {} bytes; the limit is {}",
-                            text.len(),
-                            limits.max_text_bytes
-                        ),
-                    ))
-                } else if text.trim().is_empty() {
-                    Err(Error::refused(
-                        ErrorCode::InvalidRequest,
-                        "text must not be empty",
-                    ))
-                } else {
-                    Ok(Body::Text { text })
-                }
+            NewBody::Text { text, reply_to } => Ok(Draft {
+                body: Body::text(self.checked_text(text)?),
+                reply_to,
+            }),
+            NewBody::Media(media) => {
+                let reply_to = media.reply_to;
+                Ok(Draft {
+                    body: self.accept_media(media)?,
+                    reply_to,
+                })
             }
-            NewBody::Media(media) => self.accept_media(media),
+            NewBody::Edit { target, text } => Ok(Draft::from(Body::Edit {
+                target,
+                text: self.checked_text(text)?,
+            })),
+            NewBody::Delete { target } => Ok(Draft::from(Body::Delete { target })),
             _ => Err(Error::refused(
                 ErrorCode::InvalidRequest,
                 "unsupported body",
             )),
+        }
+    }
+
+    /// A message's text within the limits: not over `max_text_bytes`, not blank.
+    fn checked_text(&self, text: String) -> Result<String, Error> {
+        let limits = &self.config().limits;
+        if text.len() > limits.max_text_bytes {
+            Err(Error::refused(
+                ErrorCode::TooLarge,
+                format!(
+                    "text is {} bytes; the limit is {}",
+                    text.len(),
+                    limits.max_text_bytes
+                ),
+            ))
+        } else if text.trim().is_empty() {
+            Err(Error::refused(
+                ErrorCode::InvalidRequest,
+                "text must not be empty",
+            ))
+        } else {
+            Ok(text)
         }
     }
 
@@ -112,9 +175,18 @@ impl<B: Backends> Engine<B> {
         actor: &Identity,
         conversation: ConversationId,
         client_msg_id: ClientMsgId,
-        body: Body,
+        draft: Draft,
     ) -> Result<Prepared, Error> {
-        let (info, _) = self.membership(&conversation, &actor.user).await?;
+        let (info, role) = self.membership(&conversation, &actor.user).await?;
+        let Draft { mut body, reply_to } = draft;
+        if let Some(seq) = reply_to {
+            let quote = amend::quote(&*self.target_entry(&conversation, seq).await?)?;
+            match &mut body {
+                Body::Text { reply_to, .. } => *reply_to = Some(Box::new(quote)),
+                Body::Media(media) => media.reply_to = Some(quote),
+                _ => {}
+            }
+        }
         // Idempotency is the append's: it finds an earlier entry with this key atomically and
         // answers it (voiding the new seq). Looking first costs a store read per send and only
         // spares that void on a retry, so only media sends look first: their pending upload
@@ -137,25 +209,48 @@ impl<B: Backends> Engine<B> {
                 }));
             }
         }
-        let seq = self.next_seq(&conversation).await?;
+        let mut message = Message {
+            conversation,
+            seq: Seq::ZERO,
+            sender: actor.user.clone(),
+            sender_device: actor.device.clone(),
+            client_msg_id,
+            sent_at: Timestamp::now(),
+            body,
+        };
+        let amendment = match message.body.amends() {
+            Some(target) => {
+                // Checked before a seq is spent on it; checked again on what the target holds
+                // when it is written.
+                let expected = self.target_entry(&message.conversation, target).await?;
+                let standing = Standing {
+                    role,
+                    kind: info.conversation.kind,
+                };
+                amend::amended(&message, &expected, standing, &self.config().limits)?;
+                Some(Amendment { expected, standing })
+            }
+            None => None,
+        };
+        message.seq = self.next_seq(&message.conversation).await?;
+        // Just after the allocation: readers judge the holes below an entry by its `sent_at`.
+        message.sent_at = Timestamp::now();
         let recipients: Arc<[UserId]> = info.members.iter().map(|m| m.user.clone()).collect();
         Ok(Prepared::Pending(Pending {
-            message: Arc::new(Message {
-                conversation,
-                seq,
-                sender: actor.user.clone(),
-                sender_device: actor.device.clone(),
-                client_msg_id,
-                sent_at: Timestamp::now(),
-                body,
-            }),
+            message: Arc::new(message),
             recipients,
+            amendment,
         }))
     }
 
     /// Stores a prepared entry (the media hook first records a pending upload's deadline).
     /// The caller acks, then fans the entry out with [`Engine::deliver_stored`].
-    pub(crate) async fn commit_send(&self, pending: Pending) -> Result<Stored, Error> {
+    pub(crate) async fn commit_send(&self, mut pending: Pending) -> Result<Stored, Error> {
+        if let Some(amendment) = pending.amendment.take() {
+            return self
+                .store_amendment(pending.message, pending.recipients, amendment)
+                .await;
+        }
         self.record_pending_media(&pending.message).await;
         self.store_pending(pending).await
     }
@@ -165,6 +260,7 @@ impl<B: Backends> Engine<B> {
         let Pending {
             message,
             recipients,
+            ..
         } = pending;
         let store = self.services().store().clone();
         let (attempted, appended) = self
@@ -173,27 +269,26 @@ impl<B: Backends> Engine<B> {
                 async move { call(&store, AppendMessage { message }).await }
             })
             .await?;
-        let entry = if appended.duplicate {
+        if appended.duplicate {
             // The store voided our seq in the same write: tell the readers.
-            Arc::new(Message::void(
+            let void = Message::void(
                 attempted.conversation.clone(),
                 attempted.seq,
                 attempted.sent_at,
-            ))
-        } else {
-            if appended.message.body.is_membership_change() {
-                self.invalidate(&appended.message.conversation);
-            }
-            self.publish(DomainEvent::MessageStored {
-                message: Arc::clone(&appended.message),
-            });
-            Arc::clone(&appended.message)
-        };
-        Ok(Stored {
-            message: appended.message,
-            duplicate: appended.duplicate,
-            fanout: Some((recipients, entry)),
-        })
+            );
+            return Ok(Stored::duplicate(
+                appended.message,
+                recipients,
+                Arc::new(void),
+            ));
+        }
+        if appended.message.body.is_membership_change() {
+            self.invalidate(&appended.message.conversation);
+        }
+        self.publish(DomainEvent::MessageStored {
+            message: Arc::clone(&appended.message),
+        });
+        Ok(Stored::fresh(appended.message, recipients))
     }
 
     /// The conditional append every log entry goes through: `write` stores `message` at its

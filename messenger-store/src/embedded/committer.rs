@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use messenger_core::store::{
-    Appended, CreateConversation, Created, MediaStatusSet, MessagePage, ReceiptUpdated,
-    SetLastSeen, SetMediaStatus, UpdateReceipt, VoidHoles, VoidSeq,
+    AmendMessage, Amended, Appended, CreateConversation, Created, MediaStatusSet, MessagePage,
+    ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, VoidHoles, VoidSeq,
 };
 use messenger_core::{Body, Message, ReceiptKind, Receipts, Role, Seq, Timestamp};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -38,6 +38,7 @@ pub(crate) enum WriteOp {
     UpdateReceipt(UpdateReceipt),
     SetLastSeen(SetLastSeen),
     SetMediaStatus(SetMediaStatus),
+    Amend(AmendMessage),
 }
 
 /// The outcome of one write, sent once its transaction committed.
@@ -50,6 +51,7 @@ pub(crate) enum Written {
     ReceiptUpdated(ReceiptUpdated),
     LastSeen(Timestamp),
     MediaStatusSet(MediaStatusSet),
+    Amended(Amended),
 }
 
 /// A write with the channel its outcome goes back on.
@@ -278,6 +280,7 @@ fn apply(conn: &Connection, op: &WriteOp, now: Timestamp) -> Result<Written, Emb
         WriteOp::SetMediaStatus(request) => {
             set_media_status(conn, request).map(Written::MediaStatusSet)
         }
+        WriteOp::Amend(request) => amend(conn, request).map(Written::Amended),
     }
 }
 
@@ -642,6 +645,52 @@ fn set_media_status(
             Ok(MediaStatusSet {
                 media: Arc::new(moved),
                 applied: true,
+            })
+        }
+    }
+}
+
+/// [`AmendMessage`]: the update's key first (a retry answers its original and voids the new
+/// seq, as [`append`] does), then the target as stored against the request, then both writes
+/// in this savepoint.
+fn amend(conn: &Connection, request: &AmendMessage) -> Result<Amended, EmbeddedError> {
+    let update = &request.update;
+    let conversation = update.conversation.as_str();
+    if let Some(original) = codec::message_by_key(
+        conn,
+        conversation,
+        update.sender.as_str(),
+        update.client_msg_id.as_str(),
+    )? {
+        if original.seq != update.seq {
+            let void = Message::void(update.conversation.clone(), update.seq, update.sent_at);
+            insert_message(conn, &void)?;
+        }
+        return Ok(Amended::Duplicate {
+            original: Arc::new(original),
+        });
+    }
+    let target = to_sql("seq", request.expected.seq.get())?;
+    let current = codec::message_at(conn, conversation, target)?;
+    match crate::amend::decide(current.as_ref(), request) {
+        crate::amend::Decision::Changed => Ok(Amended::Changed {
+            current: current.map(Arc::new),
+        }),
+        decision => {
+            insert_update(conn, update)?;
+            if decision == crate::amend::Decision::Apply {
+                conn.prepare_cached(
+                    "UPDATE messages SET body = ?3 WHERE conversation = ?1 AND seq = ?2",
+                )?
+                .execute(params![
+                    conversation,
+                    target,
+                    serde_json::to_string(&request.amended.body)?,
+                ])?;
+            }
+            Ok(Amended::Applied {
+                update: Arc::clone(update),
+                target: Arc::clone(&request.amended),
             })
         }
     }

@@ -39,10 +39,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use messenger_core::store::{
-    AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
-    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
-    ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
-    VoidHoles, VoidSeq,
+    AmendMessage, Amended, AppendMessage, Appended, ConversationInfo, CreateConversation, Created,
+    FindMessage, GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage,
+    ReadBefore, ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt,
+    UserConversations, VoidHoles, VoidSeq,
 };
 use messenger_core::{ConversationSummary, Error, Message, Receipts, Seq, Timestamp, UserId};
 use rusqlite::{Connection, OpenFlags};
@@ -308,6 +308,16 @@ impl StoreBackend for EmbeddedStore {
     async fn set_media_status(&self, request: SetMediaStatus) -> Result<MediaStatusSet, Error> {
         match self.write(WriteOp::SetMediaStatus(request)).await? {
             Written::MediaStatusSet(set) => Ok(set),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn amend(&self, request: AmendMessage) -> Result<Amended, Error> {
+        request
+            .check()
+            .map_err(|err| err.with_backend(error::BACKEND))?;
+        match self.write(WriteOp::Amend(request)).await? {
+            Written::Amended(amended) => Ok(amended),
             _ => Err(mismatched()),
         }
     }

@@ -43,10 +43,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use messenger_core::store::{
-    AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
-    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
-    ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
-    VoidHoles, VoidSeq,
+    AmendMessage, Amended, AppendMessage, Appended, ConversationInfo, CreateConversation, Created,
+    FindMessage, GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage,
+    ReadBefore, ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt,
+    UserConversations, VoidHoles, VoidSeq,
 };
 use messenger_core::{
     Body, ConversationSummary, Error, ErrorKind, Member, Message, ReceiptKind, Receipts, Role, Seq,
@@ -499,6 +499,69 @@ impl MysqlStore {
         Ok(MediaStatusSet {
             media: Arc::new(media),
             applied,
+        })
+    }
+
+    /// [`AmendMessage`] in one transaction: the update's key first (a retry answers its
+    /// original and voids the new seq), then the target, locked, against the request.
+    async fn amend_once(&self, request: &AmendMessage) -> Result<Amended, MysqlError> {
+        let update = &request.update;
+        let conversation = update.conversation.as_str();
+        let target = checked("seq", request.expected.seq.get())?;
+        let mut tx = self.pool.start_transaction(TxOpts::default()).await?;
+        let original = codec::message_by_key(
+            &mut tx,
+            conversation,
+            update.sender.as_str(),
+            update.client_msg_id.as_str(),
+        )
+        .await?;
+        if let Some(original) = original {
+            if original.seq != update.seq {
+                let void = Message::void(update.conversation.clone(), update.seq, update.sent_at);
+                insert_if_free(&mut tx, &void).await?;
+            }
+            tx.commit().await?;
+            return Ok(Amended::Duplicate {
+                original: Arc::new(original),
+            });
+        }
+        // The row lock orders concurrent amendments of one entry.
+        let row: Option<Row> = tx
+            .exec_first(
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages \
+                     WHERE conversation = ? AND seq = ? FOR UPDATE"
+                ),
+                (conversation, target),
+            )
+            .await?;
+        let current = row
+            .map(|mut row| codec::decode_message(&mut row))
+            .transpose()?;
+        let decision = crate::amend::decide(current.as_ref(), request);
+        if decision == crate::amend::Decision::Changed {
+            tx.rollback().await?;
+            return Ok(Amended::Changed {
+                current: current.map(Arc::new),
+            });
+        }
+        self.insert_update(&mut tx, update).await?;
+        if decision == crate::amend::Decision::Apply {
+            tx.exec_drop(
+                "UPDATE messages SET body = ? WHERE conversation = ? AND seq = ?",
+                (
+                    serde_json::to_vec(&request.amended.body)?,
+                    conversation,
+                    target,
+                ),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Amended::Applied {
+            update: Arc::clone(update),
+            target: Arc::clone(&request.amended),
         })
     }
 
@@ -1010,6 +1073,13 @@ impl StoreBackend for MysqlStore {
 
     async fn set_media_status(&self, request: SetMediaStatus) -> Result<MediaStatusSet, Error> {
         self.write(|| self.media_status_once(&request)).await
+    }
+
+    async fn amend(&self, request: AmendMessage) -> Result<Amended, Error> {
+        request
+            .check()
+            .map_err(|err| err.with_backend(error::BACKEND))?;
+        self.write(|| self.amend_once(&request)).await
     }
 
     async fn last_seen(

@@ -195,9 +195,7 @@ mod tests {
 
     #[test]
     fn a_refused_insert_carries_the_row_that_holds_the_seq() -> Result<(), ScyllaError> {
-        let body = serde_json::to_vec(&Body::Text {
-            text: "hi".to_owned(),
-        })?;
+        let body = serde_json::to_vec(&Body::text("hi"))?;
         let lwt = Lwt::from_columns(
             names(&[
                 "[applied]",

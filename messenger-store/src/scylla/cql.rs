@@ -47,9 +47,9 @@ pub(crate) const SELECT_BEFORE: &str = "SELECT conversation, seq, sender, sender
      WHERE conversation = ? AND bucket = ? AND seq <= ? \
      ORDER BY seq DESC LIMIT ?";
 
-/// Moves a media entry's body out of `pending` (LWT, `S` then `C`): only if the body is
-/// still the pending one that was read.
-pub(crate) const SET_MEDIA_BODY: &str = "UPDATE messages SET body = ? \
+/// Replaces an entry's body (LWT, `S` then `C`): only if it is still the body that was read (a
+/// media entry leaving `pending`, an edited or deleted message).
+pub(crate) const SET_BODY_IF: &str = "UPDATE messages SET body = ? \
      WHERE conversation = ? AND bucket = ? AND seq = ? IF body = ?";
 
 /// Claims an idempotency key for a seq (LWT, `S` then `C`). Not applied: the answer carries
@@ -175,7 +175,7 @@ pub(crate) struct Statements {
     pub(crate) select_receipts: PreparedStatement,
     pub(crate) raise_last_seen: PreparedStatement,
     pub(crate) select_last_seen: PreparedStatement,
-    pub(crate) set_media_body: PreparedStatement,
+    pub(crate) set_body_if: PreparedStatement,
 }
 
 impl Statements {
@@ -210,7 +210,7 @@ impl Statements {
             select_receipts: prepare(SELECT_RECEIPTS).await?,
             raise_last_seen: prepare(RAISE_LAST_SEEN).await?,
             select_last_seen: prepare(SELECT_LAST_SEEN).await?,
-            set_media_body: prepare(SET_MEDIA_BODY).await?,
+            set_body_if: prepare(SET_BODY_IF).await?,
         })
     }
 }
@@ -263,7 +263,7 @@ mod tests {
         SELECT_LAST_SEEN,
         SELECT_SCHEMA_VERSION,
         UPSERT_SCHEMA_VERSION,
-        SET_MEDIA_BODY,
+        SET_BODY_IF,
     ];
 
     /// The tables of the schema file, with their key columns (partition key first).
@@ -341,14 +341,14 @@ mod tests {
         assert!(INSERT_CONVERSATION.ends_with("IF NOT EXISTS"));
         assert!(MOVE_KEY.ends_with("IF seq = ?"));
         assert!(RELEASE_KEY.ends_with("IF seq = ?"));
-        assert!(SET_MEDIA_BODY.ends_with("IF body = ?"));
+        assert!(SET_BODY_IF.ends_with("IF body = ?"));
         for statement in [
             INSERT_MESSAGE,
             CLAIM_KEY,
             MOVE_KEY,
             RELEASE_KEY,
             INSERT_CONVERSATION,
-            SET_MEDIA_BODY,
+            SET_BODY_IF,
         ] {
             assert!(is_lwt(statement), "{statement}");
         }
@@ -430,7 +430,7 @@ mod tests {
             (SELECT_LAST_SEEN, 1),
             (SELECT_SCHEMA_VERSION, 1),
             (UPSERT_SCHEMA_VERSION, 2),
-            (SET_MEDIA_BODY, 5),
+            (SET_BODY_IF, 5),
         ];
         assert_eq!(expected.len(), ALL.len());
         for (statement, markers) in expected {

@@ -90,10 +90,10 @@ use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 use messenger_core::store::{
-    AppendMessage, Appended, ConversationInfo, CreateConversation, Created, FindMessage,
-    GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage, ReadBefore,
-    ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt, UserConversations,
-    VoidHoles, VoidSeq,
+    AmendMessage, Amended, AppendMessage, Appended, ConversationInfo, CreateConversation, Created,
+    FindMessage, GetConversation, GetHead, GetLastSeen, GetReceipts, MediaStatusSet, MessagePage,
+    ReadBefore, ReadRange, ReceiptUpdated, SetLastSeen, SetMediaStatus, UpdateReceipt,
+    UserConversations, VoidHoles, VoidSeq,
 };
 use messenger_core::{
     Body, ConversationSummary, Error, Member, Message, ReceiptKind, Receipts, Role, Seq, Timestamp,
@@ -679,7 +679,7 @@ impl ScyllaStore {
                 crate::media::Decision::Apply(moved) => {
                     let flipped = self
                         .lwt(
-                            &self.statements.set_media_body,
+                            &self.statements.set_body_if,
                             (
                                 serde_json::to_vec(&moved.body)?,
                                 conversation,
@@ -702,6 +702,76 @@ impl ScyllaStore {
             }
         }
         Err(ScyllaError::Contended("media status"))
+    }
+
+    /// [`AmendMessage`]: a retried key answers its original (the append voids the new seq);
+    /// then the target moves first (a conditional update of its body: the single point where
+    /// concurrent amendments are decided), then the update is appended like any message. When
+    /// that append is refused (`Conflict`), the caller's retry with a new seq finds the target
+    /// amended already and appends the update then (the repair case).
+    async fn amend_message(&self, request: &AmendMessage) -> Result<Amended, ScyllaError> {
+        let update = &request.update;
+        let conversation = update.conversation.as_str();
+        let key = FindMessage {
+            conversation: update.conversation.clone(),
+            sender: update.sender.clone(),
+            client_msg_id: update.client_msg_id.clone(),
+        };
+        if self.find(&key).await?.is_some() {
+            return self.append_update(update, &request.amended).await;
+        }
+        let target = request.expected.seq.get();
+        for _ in 0..CLAIM_ROUNDS {
+            let current = self.message_at(conversation, target).await?;
+            match crate::amend::decide(current.as_ref(), request) {
+                crate::amend::Decision::Changed => {
+                    return Ok(Amended::Changed {
+                        current: current.map(Arc::new),
+                    });
+                }
+                crate::amend::Decision::Repair => {
+                    return self.append_update(update, &request.amended).await;
+                }
+                crate::amend::Decision::Apply => {
+                    let moved = self
+                        .lwt(
+                            &self.statements.set_body_if,
+                            (
+                                serde_json::to_vec(&request.amended.body)?,
+                                conversation,
+                                to_bigint("bucket", bucket(target))?,
+                                to_bigint("seq", target)?,
+                                serde_json::to_vec(&request.expected.body)?,
+                            ),
+                        )
+                        .await?;
+                    if moved.applied {
+                        return self.append_update(update, &request.amended).await;
+                    }
+                    // Amended by someone else meanwhile: decide again on what it holds.
+                }
+            }
+        }
+        Err(ScyllaError::Contended("amend"))
+    }
+
+    /// Appends an amendment's update entry once its target holds `amended`.
+    async fn append_update(
+        &self,
+        update: &Arc<Message>,
+        amended: &Arc<Message>,
+    ) -> Result<Amended, ScyllaError> {
+        let appended = self.append_message(update).await?;
+        Ok(if appended.duplicate {
+            Amended::Duplicate {
+                original: appended.message,
+            }
+        } else {
+            Amended::Applied {
+                update: appended.message,
+                target: Arc::clone(amended),
+            }
+        })
     }
 
     /// A conversation's members, ordered by user id.
@@ -1197,6 +1267,13 @@ impl StoreBackend for ScyllaStore {
         Ok(self.media_status(&request).await?)
     }
 
+    async fn amend(&self, request: AmendMessage) -> Result<Amended, Error> {
+        request
+            .check()
+            .map_err(|err| err.with_backend(error::BACKEND))?;
+        Ok(self.amend_message(&request).await?)
+    }
+
     async fn last_seen(
         &self,
         request: GetLastSeen,
@@ -1276,14 +1353,7 @@ mod tests {
         assert_eq!(shown(&membership_changes(&removed, &[])), ["remove cid"]);
         let left = entry(4, "ben", "leave", Body::MemberLeft);
         assert_eq!(shown(&membership_changes(&left, &[])), ["remove ben"]);
-        let text = entry(
-            5,
-            "ben",
-            "hi",
-            Body::Text {
-                text: "hi".to_owned(),
-            },
-        );
+        let text = entry(5, "ben", "hi", Body::text("hi"));
         assert!(membership_changes(&text, &[]).is_empty());
     }
 
@@ -1346,14 +1416,7 @@ mod tests {
 
     #[test]
     fn a_claimed_seq_is_the_original_stale_or_empty() {
-        let retry = entry(
-            9,
-            "alice",
-            "m-1",
-            Body::Text {
-                text: "hi".to_owned(),
-            },
-        );
+        let retry = entry(9, "alice", "m-1", Body::text("hi"));
         let original = Message {
             seq: Seq(4),
             ..retry.clone()
@@ -1362,14 +1425,7 @@ mod tests {
             classify_claim(Some(original.clone()), &retry),
             ClaimedSeq::Original(original)
         );
-        let other_key = entry(
-            4,
-            "alice",
-            "m-2",
-            Body::Text {
-                text: "x".to_owned(),
-            },
-        );
+        let other_key = entry(4, "alice", "m-2", Body::text("x"));
         assert_eq!(classify_claim(Some(other_key), &retry), ClaimedSeq::Stale);
         let void = Message::void(id("g:unit"), Seq(4), Timestamp(1));
         assert_eq!(classify_claim(Some(void), &retry), ClaimedSeq::Stale);

@@ -220,7 +220,7 @@ pub async fn messages(
 
 pub fn text_of(message: &Message) -> &str {
     match &message.body {
-        messenger_core::Body::Text { text } => text,
+        messenger_core::Body::Text { text, .. } => text,
         other => panic!("expected text, got {other:?}"),
     }
 }

@@ -169,6 +169,7 @@ mod tests {
                 status: MediaStatus::Pending,
                 url: None,
                 reason: None,
+                reply_to: None,
             })),
         };
         for seq in [1, 2] {

@@ -285,6 +285,19 @@ pub(crate) fn object_path(key: &str) -> object_store::path::Path {
 }
 
 impl<B: Backends> Engine<B> {
+    /// Removes the bytes of a media message deleted for everyone from the object store. Best
+    /// effort: the download endpoint refuses a deleted entry whatever the storage still holds.
+    pub(crate) async fn forget_media(&self, message: &Message) {
+        let Some(state) = self.media() else { return };
+        let path = object_path(&pending::entry_key(&message.conversation, message.seq));
+        match object_store::ObjectStoreExt::delete(&state.storage, &path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, %path, "cannot remove a deleted message's media");
+            }
+        }
+    }
+
     /// Checks a `media` body a device sent and turns it into a pending media entry's body.
     pub(crate) fn accept_media(&self, media: NewMedia) -> Result<Body, Error> {
         let Some(state) = self.media() else {
@@ -351,6 +364,7 @@ impl<B: Backends> Engine<B> {
             status: MediaStatus::Pending,
             url: None,
             reason: None,
+            reply_to: None,
         })))
     }
 }
