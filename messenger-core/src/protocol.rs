@@ -55,6 +55,11 @@ pub enum ClientFrame {
         client_msg_id: ClientMsgId,
         /// The content.
         body: NewBody,
+        /// Set on a send that may have reached the server before (an outbox replayed after a
+        /// reconnect or a restart): the server looks the key up before it spends a seq, so a
+        /// message stored already is acknowledged without leaving a void behind.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resend: bool,
     },
     /// The device received everything up to `seq`.
     Delivered {

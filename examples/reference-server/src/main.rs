@@ -159,6 +159,19 @@ struct Args {
     #[arg(long, env = "MESSENGER_MAX_GROUP_MEMBERS", default_value_t = messenger_core::MAX_GROUP_MEMBERS)]
     max_group_members: usize,
 
+    /// How long senders may edit a text message, in seconds (`welcome.limits`).
+    #[arg(long, env = "MESSENGER_EDIT_WINDOW_S", default_value_t = 48 * 3600)]
+    edit_window_s: u64,
+
+    /// How often one message may be edited.
+    #[arg(long, env = "MESSENGER_MAX_EDITS", default_value_t = 10)]
+    max_edits: u32,
+
+    /// How long senders may delete a message for everyone, in seconds (group admins and
+    /// owners: always).
+    #[arg(long, env = "MESSENGER_DELETE_WINDOW_S", default_value_t = 48 * 3600)]
+    delete_window_s: u64,
+
     /// Frames per second read from one connection (bursts of five times as many).
     #[arg(long, env = "MESSENGER_FRAMES_PER_SECOND", default_value_t = 200)]
     frames_per_second: u32,
@@ -298,6 +311,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     config.write_timeout = Duration::from_millis(args.write_timeout_ms);
     config.limits.max_group_members = args.max_group_members;
     config.limits.frames_per_second = args.frames_per_second;
+    config.limits.edit_window_ms = args.edit_window_s.saturating_mul(1000);
+    config.limits.max_edits = args.max_edits;
+    config.limits.delete_window_ms = args.delete_window_s.saturating_mul(1000);
     let services = Services {
         store: ServiceBuilder::new()
             .timeout(Duration::from_millis(args.store_timeout_ms))

@@ -14,32 +14,15 @@ pub(crate) enum AfterClose {
     Fatal,
 }
 
-/// The [`ErrorKind`] of an error frame's code.
-pub(crate) fn error_code_kind(code: ErrorCode) -> ErrorKind {
-    match code {
-        ErrorCode::BadFrame
-        | ErrorCode::UnknownType
-        | ErrorCode::InvalidId
-        | ErrorCode::TooLarge
-        | ErrorCode::InvalidRequest => ErrorKind::InvalidRequest,
-        ErrorCode::NotAuthenticated => ErrorKind::Unauthorized,
-        ErrorCode::NotMember | ErrorCode::Forbidden => ErrorKind::Forbidden,
-        ErrorCode::NotFound => ErrorKind::NotFound,
-        ErrorCode::RateLimited | ErrorCode::Overloaded => ErrorKind::Overloaded,
-        ErrorCode::Unavailable => ErrorKind::Unavailable,
-        ErrorCode::Timeout => ErrorKind::Timeout,
-        _ => ErrorKind::Unexpected,
-    }
-}
-
-/// The error an `error` frame stands for.
+/// The error an `error` frame stands for: a refusal with the frame's code
+/// ([`Error::refusal_code`]), whose kind follows from it ([`ErrorCode::kind`]).
 pub(crate) fn from_error_frame(code: ErrorCode, message: &str) -> Error {
     let name = serde_json::to_value(code)
         .ok()
         .and_then(|value| value.as_str().map(str::to_owned))
         .unwrap_or_else(|| format!("{code:?}"));
-    Error::new(
-        error_code_kind(code),
+    Error::refused(
+        code,
         format!("the server refused the request ({name}): {message}"),
     )
 }
@@ -120,7 +103,10 @@ pub(crate) fn client_closed() -> Error {
 
 /// A copy of `error` (which is not `Clone`) keeping its kind and message.
 pub(crate) fn copy_error(error: &Error) -> Error {
-    Error::new(error.kind(), error.message())
+    match error.refusal_code() {
+        Some(code) => Error::refused(code, error.message()),
+        None => Error::new(error.kind(), error.message()),
+    }
 }
 
 #[cfg(test)]
@@ -142,10 +128,11 @@ mod tests {
             (ErrorCode::Internal, ErrorKind::Unexpected),
         ];
         for (code, kind) in cases {
-            assert_eq!(error_code_kind(code), kind, "{code:?}");
+            assert_eq!(from_error_frame(code, "no").kind(), kind, "{code:?}");
         }
         let err = from_error_frame(ErrorCode::NotMember, "no");
         assert!(err.message().contains("not_member"), "{err}");
+        assert_eq!(err.refusal_code(), Some(ErrorCode::NotMember));
     }
 
     #[test]

@@ -279,6 +279,63 @@ impl Client {
         async move { queued?.await }
     }
 
+    /// Sends a text message that replies to the message at `reply_to` (the stored entry
+    /// quotes it: [`messenger_core::Reply`]).
+    ///
+    /// # Errors
+    /// As [`Client::send_text`]; also `target_not_found`, `target_deleted` or `not_editable`
+    /// (as [`ErrorKind::NotFound`] / [`ErrorKind::InvalidRequest`]) for a seq one cannot reply
+    /// to.
+    pub fn reply_text(
+        &self,
+        conversation: &ConversationId,
+        reply_to: Seq,
+        text: impl Into<String>,
+    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
+        let body = NewBody::Text {
+            text: text.into(),
+            reply_to: Some(reply_to),
+        };
+        self.enqueue_send(conversation, new_client_msg_id(), body)
+    }
+
+    /// Replaces the text of one's own text message at `target`. The edit is an entry of the
+    /// log (its seq is in the answer); every device sees it in order, and history shows the
+    /// new text with `edited_at`.
+    ///
+    /// # Errors
+    /// As [`Client::send_with_id`]; the refusals of `docs/protocol.md` (another user's
+    /// message, not text, the edit window closed, too many edits).
+    pub fn edit(
+        &self,
+        conversation: &ConversationId,
+        target: Seq,
+        text: impl Into<String>,
+    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
+        let body = NewBody::Edit {
+            target,
+            text: text.into(),
+        };
+        self.enqueue_send(conversation, new_client_msg_id(), body)
+    }
+
+    /// Deletes the message at `target` for everyone (one's own within the delete window; any
+    /// message of a group for its admins and owner). Its entry then holds a tombstone.
+    ///
+    /// # Errors
+    /// As [`Client::send_with_id`]; the refusals of `docs/protocol.md`.
+    pub fn delete(
+        &self,
+        conversation: &ConversationId,
+        target: Seq,
+    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
+        self.enqueue_send(
+            conversation,
+            new_client_msg_id(),
+            NewBody::Delete { target },
+        )
+    }
+
     /// Sends a message with a `client_msg_id` the caller chose (reuse it to retry: the server
     /// answers a repeat with the original seq and `duplicate: true`).
     ///

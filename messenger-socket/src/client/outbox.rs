@@ -20,6 +20,8 @@ pub(crate) struct PendingSend {
     waiters: Vec<SendReply>,
     /// Transmitted on the current connection and not answered yet.
     in_flight: bool,
+    /// Transmitted at least once: sent again, it is marked `resend`.
+    transmitted: bool,
 }
 
 impl PendingSend {
@@ -56,20 +58,24 @@ impl Outbox {
             body,
             waiters: vec![waiter],
             in_flight: false,
+            transmitted: false,
         });
     }
 
-    /// The `send` frames of every entry not in flight, oldest first, now marked in flight.
+    /// The `send` frames of every entry not in flight, oldest first, now marked in flight;
+    /// an entry transmitted before is marked `resend`.
     pub(crate) fn take_unsent(&mut self) -> Vec<ClientFrame> {
         self.entries
             .iter_mut()
             .filter(|entry| !entry.in_flight)
             .map(|entry| {
                 entry.in_flight = true;
+                let resend = std::mem::replace(&mut entry.transmitted, true);
                 ClientFrame::Send {
                     conversation: entry.conversation.clone(),
                     client_msg_id: entry.client_msg_id.clone(),
                     body: entry.body.clone(),
+                    resend,
                 }
             })
             .collect()

@@ -14,8 +14,9 @@ use super::refusal::{request_error, send_error};
 use super::sends::QueuedSend;
 use super::{Connection, End};
 use crate::engine::{
-    AddMembers, Backends, CreateGroup, GetMembers, GetPresence, LeaveGroup, ListConversations,
-    MarkReceipt, OpenDirect, ReadHistory, ReadReceipts, RemoveMember, SetRole, SetTyping,
+    AddMembers, Backends, CreateGroup, Draft, GetMembers, GetPresence, LeaveGroup,
+    ListConversations, MarkReceipt, OpenDirect, ReadHistory, ReadReceipts, RemoveMember, SetRole,
+    SetTyping,
 };
 use crate::hub::Outbound;
 
@@ -115,6 +116,7 @@ impl<B: Backends> Connection<B> {
                 conversation,
                 client_msg_id,
                 body,
+                resend,
             } => {
                 let err = match node.validate_body(body) {
                     // A full send queue slows the reading of this connection (backpressure)
@@ -128,7 +130,7 @@ impl<B: Backends> Connection<B> {
                             QueuedSend {
                                 conversation: conversation.clone(),
                                 client_msg_id: client_msg_id.clone(),
-                                body,
+                                body: Draft { resend, ..body },
                             },
                         )
                         .await

@@ -28,6 +28,8 @@ pub(crate) struct Draft {
     pub(crate) body: Body,
     /// The seq it replies to: [`Engine::prepare_send`] quotes it into the body.
     pub(crate) reply_to: Option<Seq>,
+    /// The device says it may have sent this before: look its key up before spending a seq.
+    pub(crate) resend: bool,
 }
 
 impl From<Body> for Draft {
@@ -35,6 +37,7 @@ impl From<Body> for Draft {
         Draft {
             body,
             reply_to: None,
+            resend: false,
         }
     }
 }
@@ -124,14 +127,14 @@ impl<B: Backends> Engine<B> {
     pub(crate) fn validate_body(&self, body: NewBody) -> Result<Draft, Error> {
         match body {
             NewBody::Text { text, reply_to } => Ok(Draft {
-                body: Body::text(self.checked_text(text)?),
                 reply_to,
+                ..Draft::from(Body::text(self.checked_text(text)?))
             }),
             NewBody::Media(media) => {
                 let reply_to = media.reply_to;
                 Ok(Draft {
-                    body: self.accept_media(media)?,
                     reply_to,
+                    ..Draft::from(self.accept_media(media)?)
                 })
             }
             NewBody::Edit { target, text } => Ok(Draft::from(Body::Edit {
@@ -178,7 +181,11 @@ impl<B: Backends> Engine<B> {
         draft: Draft,
     ) -> Result<Prepared, Error> {
         let (info, role) = self.membership(&conversation, &actor.user).await?;
-        let Draft { mut body, reply_to } = draft;
+        let Draft {
+            mut body,
+            reply_to,
+            resend,
+        } = draft;
         if let Some(seq) = reply_to {
             let quote = amend::quote(&*self.target_entry(&conversation, seq).await?)?;
             match &mut body {
@@ -189,9 +196,10 @@ impl<B: Backends> Engine<B> {
         }
         // Idempotency is the append's: it finds an earlier entry with this key atomically and
         // answers it (voiding the new seq). Looking first costs a store read per send and only
-        // spares that void on a retry, so only media sends look first: their pending upload
-        // must not be recorded for a seq that ends up void.
-        if matches!(body, Body::Media(_)) {
+        // spares that void on a retry, so only sends the device marks as resent look first,
+        // and media sends: their pending upload must not be recorded for a seq that ends up
+        // void.
+        if resend || matches!(body, Body::Media(_)) {
             let earlier = call(
                 self.services().store(),
                 FindMessage {

@@ -107,8 +107,12 @@ pub(crate) async fn media_entry<B: Backends>(
         tracing::warn!(error = %err, "cannot read a media entry");
         reply(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
     })?;
-    match page.messages.first().map(|message| &message.body) {
-        Some(Body::Media(media)) if page.messages[0].seq == seq => Ok(MediaBody::clone(media)),
+    match page.messages.first() {
+        Some(message) if message.seq == seq => match &message.body {
+            Body::Media(media) => Ok(MediaBody::clone(media)),
+            Body::Deleted { .. } => Err(reply(StatusCode::GONE, "the message was deleted")),
+            _ => Err(reply(StatusCode::NOT_FOUND, "no such media")),
+        },
         _ => Err(reply(StatusCode::NOT_FOUND, "no such media")),
     }
 }
