@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use messenger_core::{Body, ConversationId, Error, Message, Role, Timestamp, UserId};
+use messenger_core::{Body, ConversationId, Error, Message, Role, Seq, Timestamp, UserId};
 use messenger_socket::client::{Client, ClientConfig, ClientEvent, HistoryRange};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -42,6 +42,9 @@ commands:
   /lastseen USER...      show online state and last seen
   /watch USER...         get presence updates for users
   /read                  mark the current conversation read
+  /reply N TEXT          reply to message #N
+  /edit N TEXT           replace the text of your message #N
+  /delete N              delete message #N for everyone
   /quit                  leave the program
 anything else is sent as text to the current conversation";
 
@@ -206,9 +209,44 @@ async fn command(
             client.read(&conversation, seq).await?;
             println!("* read up to #{seq}");
         }
+        ("/reply", [seq, text @ ..]) if !text.is_empty() => {
+            let pending = client.reply_text(&require(current)?, seq_of(seq)?, text.join(" "));
+            report(pending, "reply");
+        }
+        ("/edit", [seq, text @ ..]) if !text.is_empty() => {
+            let pending = client.edit(&require(current)?, seq_of(seq)?, text.join(" "));
+            report(pending, "edit");
+        }
+        ("/delete", [seq]) => {
+            let pending = client.delete(&require(current)?, seq_of(seq)?);
+            report(pending, "delete");
+        }
         _ => println!("! unknown command or wrong arguments; /help lists them"),
     }
     Ok(())
+}
+
+/// Waits for a send in the background (the prompt stays responsive while offline).
+fn report(
+    pending: impl std::future::Future<Output = Result<messenger_socket::client::Sent, Error>>
+    + Send
+    + 'static,
+    what: &'static str,
+) {
+    tokio::spawn(async move {
+        if let Err(err) = pending.await {
+            println!("! {what} not sent: {err}");
+        }
+    });
+}
+
+fn seq_of(word: &str) -> Result<Seq, Error> {
+    word.trim_start_matches('#').parse().map(Seq).map_err(|_| {
+        Error::new(
+            messenger_core::ErrorKind::InvalidRequest,
+            format!("{word:?} is not a message number"),
+        )
+    })
 }
 
 fn require(current: &Option<ConversationId>) -> Result<ConversationId, Error> {
@@ -277,7 +315,24 @@ fn print_message(message: &Message) {
         message.conversation, message.seq, message.sender
     );
     match &message.body {
-        Body::Text { text, .. } => println!("{prefix}: {text}"),
+        Body::Text {
+            text,
+            reply_to,
+            edits,
+            ..
+        } => {
+            if let Some(quote) = reply_to {
+                println!(
+                    "{prefix} ↳ #{} {}: {}",
+                    quote.seq, quote.sender, quote.excerpt
+                );
+            }
+            let edited = if *edits > 0 { " (edited)" } else { "" };
+            println!("{prefix}: {text}{edited}");
+        }
+        Body::Edit { target, text } => println!("{prefix} edited #{target}: {text}"),
+        Body::Delete { target } => println!("{prefix} deleted #{target}"),
+        Body::Deleted { by, .. } => println!("{prefix}: (deleted by {by})"),
         Body::GroupCreated { title, members } => {
             let names: Vec<String> = members.iter().map(|m| m.user.to_string()).collect();
             println!("{prefix} created \"{title}\" with {}", names.join(", "));
