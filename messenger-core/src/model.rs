@@ -423,6 +423,33 @@ pub struct ConversationSummary {
     pub delivered: Seq,
     /// The user's read watermark.
     pub read: Seq,
-    /// Entries after the read watermark (`head - read`).
+    /// Messages from other users after the read watermark that a client shows: text and
+    /// media messages (not failed, not deleted) whose sender is not the user, among the
+    /// [`MAX_UNREAD_SPAN`] latest entries. Derived from the log and the watermark, so it
+    /// never drifts; reading up to the head clears it.
     pub unread: u64,
+}
+
+/// How many of a conversation's latest entries `unread` looks at: the count is exact while
+/// the user is at most this many entries behind, and counts the latest ones beyond that.
+pub const MAX_UNREAD_SPAN: u64 = 1000;
+
+impl Message {
+    /// Whether this entry counts towards `user`'s unread count once past their read
+    /// watermark: a text or media message (not failed, not deleted) someone else sent.
+    pub fn counts_as_unread_for(&self, user: &UserId) -> bool {
+        self.sender != *user && self.body.is_displayed_message()
+    }
+}
+
+impl Body {
+    /// A text message, or a media message that is not failed: what a client shows as a
+    /// message (not a membership change, a void, a status, an edit, a delete or a tombstone).
+    pub fn is_displayed_message(&self) -> bool {
+        match self {
+            Body::Text { .. } => true,
+            Body::Media(media) => media.status != MediaStatus::Failed,
+            _ => false,
+        }
+    }
 }

@@ -52,6 +52,7 @@ pub async fn run_all<S: StoreService>(store: &S) {
     receipts_list_every_member(store).await;
     last_seen_is_monotonic(store).await;
     user_conversations_report_unread(store).await;
+    unread_counts_only_displayed_messages_of_others(store).await;
     create_conversation_is_idempotent(store).await;
     media_moves_once_from_pending(store).await;
     media_status_is_conditional(store).await;
@@ -1083,7 +1084,8 @@ pub async fn last_seen_is_monotonic<S: StoreService>(store: &S) {
     );
 }
 
-/// A user's conversations come with role, head, watermarks and `unread = head - read`.
+/// A user's conversations come with role, head, watermarks and `unread` (here every entry
+/// after the watermark is a text message of another user, so it is `head - read`).
 pub async fn user_conversations_report_unread<S: StoreService>(store: &S) {
     let alice = user("alice");
     let bob = user("bob");
@@ -1674,4 +1676,103 @@ pub async fn amend_retries_and_taken_seqs<S: StoreService>(store: &S) {
         .expect_err("an update naming another seq");
     assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
     assert_eq!(head(store, &chat).await, Seq(4), "nothing written");
+}
+
+async fn unread_of<S: StoreService>(
+    store: &S,
+    user: &UserId,
+    conversation: &ConversationId,
+) -> u64 {
+    call(store, UserConversations { user: user.clone() })
+        .await
+        .expect("user_conversations")
+        .into_iter()
+        .find(|summary| &summary.conversation.id == conversation)
+        .map(|summary| summary.unread)
+        .expect("a member's conversation is listed")
+}
+
+/// `unread` counts the text and media messages (not failed, not deleted) of other users
+/// after the read watermark — not the user's own messages, voids, membership changes,
+/// status, edit or delete entries — and reading up to the head clears it even when the head
+/// is a void.
+pub async fn unread_counts_only_displayed_messages_of_others<S: StoreService>(store: &S) {
+    let alice = user("alice");
+    let bob = user("bob");
+    let chat = create_group(
+        store,
+        &alice,
+        &[(&alice, Role::Owner), (&bob, Role::Member)],
+    )
+    .await;
+    let failed = |seq| {
+        let mut entry = (*media(&chat, seq, &bob)).clone();
+        if let Body::Media(body) = &mut entry.body {
+            body.status = MediaStatus::Failed;
+        }
+        Arc::new(entry)
+    };
+    let entries = [
+        text(&chat, 1, &bob, "counted"),
+        text(&chat, 2, &alice, "own"),
+        media(&chat, 3, &bob),
+        failed(4),
+        entry(
+            &chat,
+            5,
+            &bob,
+            "gone",
+            Body::Deleted {
+                by: bob.clone(),
+                at: Timestamp(1),
+            },
+        ),
+        edit_entry(&chat, 6, &bob, "edit", 1, "counted, edited"),
+        entry(&chat, 7, &bob, "delete", Body::Delete { target: Seq(5) }),
+        entry(
+            &chat,
+            8,
+            &alice,
+            "added",
+            Body::MembersAdded {
+                users: vec![user("carol")],
+                role: Role::Member,
+            },
+        ),
+        media_update(&chat, 9, 3, MediaStatus::Ready, Some("https://cdn/x/3")),
+    ];
+    for message in &entries {
+        append(store, message).await;
+    }
+    call(
+        store,
+        VoidSeq {
+            conversation: chat.clone(),
+            seq: Seq(10),
+        },
+    )
+    .await
+    .expect("void");
+    assert_eq!(
+        unread_of(store, &alice, &chat).await,
+        2,
+        "bob's text and pending media"
+    );
+    assert_eq!(
+        unread_of(store, &bob, &chat).await,
+        1,
+        "alice's own text, for bob"
+    );
+    receipt(store, &chat, &alice, ReceiptKind::Read, 1)
+        .await
+        .expect("read");
+    assert_eq!(unread_of(store, &alice, &chat).await, 1);
+    receipt(store, &chat, &alice, ReceiptKind::Read, 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        unread_of(store, &alice, &chat).await,
+        0,
+        "read to a void head clears it"
+    );
 }

@@ -82,6 +82,7 @@ pub mod mysql;
 mod rule;
 #[cfg(feature = "scylla")]
 pub mod scylla;
+mod unread;
 
 pub use dynamic::{DynStore, DynStoreBackend};
 pub use embedded::{Durability, EmbeddedConfig, EmbeddedStore};

@@ -429,3 +429,41 @@ async fn next_sent(ws: &mut common::Raw) -> (Seq, bool) {
         }
     }
 }
+
+/// `unread` counts what a reader would show: another user's messages, not edits, deletes or
+/// the reader's own; a message deleted before it was read stops counting.
+#[tokio::test]
+async fn unread_counts_messages_of_others_not_edits_or_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (alice, _alice_events) = connect(&server, "alice:phone").await;
+    let (bob, _bob_events) = connect(&server, "bob:phone").await;
+    let chat = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
+    let unread = |client: &Client| {
+        let client = client.clone();
+        let chat = chat.clone();
+        async move {
+            client
+                .conversations()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|summary| summary.conversation.id == chat)
+                .map(|summary| summary.unread)
+                .expect("listed")
+        }
+    };
+    let first = alice.send_text(&chat, "one").await.unwrap();
+    let second = alice.send_text(&chat, "two").await.unwrap();
+    bob.send_text(&chat, "bob's own").await.unwrap();
+    alice.edit(&chat, first.seq, "one!").await.unwrap();
+    assert_eq!(unread(&bob).await, 2, "alice's two messages, not the edit");
+    alice.delete(&chat, second.seq).await.unwrap();
+    assert_eq!(unread(&bob).await, 1, "the deleted one stops counting");
+    assert_eq!(unread(&alice).await, 1, "bob's message, for alice");
+}

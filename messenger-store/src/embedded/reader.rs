@@ -229,10 +229,16 @@ pub(crate) fn user_conversations(
         .map(|column| format!("c.{column}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let unread = crate::unread::unread_subquery(
+        "m.conversation",
+        "m.user",
+        "coalesce(r.read, 0)",
+        "coalesce(h.head, 0)",
+    );
     let rows = conn
         .prepare_cached(&format!(
             "SELECT {columns}, m.role, coalesce(h.head, 0), \
-                    coalesce(r.delivered, 0), coalesce(r.read, 0) \
+                    coalesce(r.delivered, 0), coalesce(r.read, 0), {unread} \
              FROM members m \
              JOIN conversations c ON c.id = m.conversation \
              LEFT JOIN heads h ON h.conversation = m.conversation \
@@ -246,11 +252,12 @@ pub(crate) fn user_conversations(
                 row.get::<_, i64>(6)?,
                 row.get::<_, i64>(7)?,
                 row.get::<_, i64>(8)?,
+                row.get::<_, i64>(9)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(|(conversation, role, head, delivered, read)| {
+        .map(|(conversation, role, head, delivered, read, unread)| {
             let head = codec::seq_from_sql(head)?;
             let read = codec::seq_from_sql(read)?;
             Ok(ConversationSummary {
@@ -259,7 +266,7 @@ pub(crate) fn user_conversations(
                 head,
                 delivered: codec::seq_from_sql(delivered)?,
                 read,
-                unread: head.get().saturating_sub(read.get()),
+                unread: codec::from_sql("unread", unread)?,
             })
         })
         .collect()

@@ -1007,9 +1007,15 @@ impl StoreBackend for MysqlStore {
             .map(|column| format!("c.{column}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let unread = crate::unread::unread_subquery(
+            "m.conversation",
+            "m.user_id",
+            "COALESCE(r.read_seq, 0)",
+            "COALESCE(h.head, 0)",
+        );
         let statement = format!(
             "SELECT {columns}, m.role, COALESCE(h.head, 0), \
-                    COALESCE(r.delivered_seq, 0), COALESCE(r.read_seq, 0) \
+                    COALESCE(r.delivered_seq, 0), COALESCE(r.read_seq, 0), {unread} \
              FROM members m \
              JOIN conversations c ON c.id = m.conversation \
              LEFT JOIN heads h ON h.conversation = m.conversation \
@@ -1023,13 +1029,14 @@ impl StoreBackend for MysqlStore {
             for mut row in rows {
                 let head = Seq(take(&mut row, 6)?);
                 let read = Seq(take(&mut row, 8)?);
+                let unread: u64 = take(&mut row, 9)?;
                 summaries.push(ConversationSummary {
                     conversation: codec::decode_conversation(&mut row)?,
                     role: codec::parse_role(&take::<String>(&mut row, 5)?)?,
                     head,
                     delivered: Seq(take(&mut row, 7)?),
                     read,
-                    unread: head.get().saturating_sub(read.get()),
+                    unread,
                 });
             }
             Ok::<_, MysqlError>(summaries)

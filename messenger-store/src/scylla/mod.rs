@@ -96,8 +96,8 @@ use messenger_core::store::{
     UserConversations, VoidHoles, VoidSeq,
 };
 use messenger_core::{
-    Body, ConversationSummary, Error, Member, Message, ReceiptKind, Receipts, Role, Seq, Timestamp,
-    UserId,
+    Body, ConversationSummary, Error, MAX_UNREAD_SPAN, Member, Message, ReceiptKind, Receipts,
+    Role, Seq, Timestamp, UserId,
 };
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -1083,14 +1083,44 @@ impl ScyllaStore {
         let Some(facts) = facts.into_iter().next() else {
             return Ok(None);
         };
+        let unread = self.unread(conversation, user, read, head).await?;
         Ok(Some(ConversationSummary {
             conversation: codec::decode_conversation(facts)?,
             role,
             head,
             delivered,
             read,
-            unread: head.get().saturating_sub(read.get()),
+            unread,
         }))
+    }
+
+    /// The displayed messages of others among the entries after `read` (at most the latest
+    /// [`MAX_UNREAD_SPAN`]): read and counted here, as CQL cannot filter on the body.
+    async fn unread(
+        &self,
+        conversation: &str,
+        user: &str,
+        read: Seq,
+        head: Seq,
+    ) -> Result<u64, ScyllaError> {
+        let after = read.get().max(head.get().saturating_sub(MAX_UNREAD_SPAN));
+        if after >= head.get() {
+            return Ok(0);
+        }
+        let page = self
+            .range(&ReadRange {
+                conversation: codec::parse_id(conversation)?,
+                after: Seq(after),
+                until: Some(head),
+                limit: usize::try_from(MAX_UNREAD_SPAN).unwrap_or(usize::MAX),
+            })
+            .await?;
+        let user: UserId = codec::parse_id(user)?;
+        Ok(page
+            .messages
+            .iter()
+            .filter(|message| message.counts_as_unread_for(&user))
+            .count() as u64)
     }
 
     async fn summaries(
