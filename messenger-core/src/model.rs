@@ -83,6 +83,9 @@ pub enum Body {
         /// How many times it was edited.
         #[serde(default, skip_serializing_if = "is_zero")]
         edits: u32,
+        /// Who reacted with what, in the order the emojis were first used.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reactions: Vec<Reaction>,
     },
     /// A group was created with these members (the first entry of every group).
     GroupCreated {
@@ -135,6 +138,21 @@ pub enum Body {
         /// The seq of the deleted message.
         target: Seq,
     },
+    /// `sender` reacted to the message at `target` with `emoji`: its stored body lists them
+    /// among its `reactions`, and this entry tells devices that hold it already.
+    React {
+        /// The seq of the message.
+        target: Seq,
+        /// The reaction.
+        emoji: String,
+    },
+    /// `sender` took back their `emoji` reaction to the message at `target`.
+    Unreact {
+        /// The seq of the message.
+        target: Seq,
+        /// The reaction taken back.
+        emoji: String,
+    },
     /// What a deleted message's entry holds instead of its content (written in place by a
     /// [`Body::Delete`]; never sent by a device).
     Deleted {
@@ -147,6 +165,18 @@ pub enum Body {
 
 fn is_zero(value: &u32) -> bool {
     *value == 0
+}
+
+/// The longest reaction, in bytes of UTF-8 (room for emoji ZWJ sequences and short words).
+pub const MAX_EMOJI_BYTES: usize = 64;
+
+/// One reaction of a message: the emoji and everyone who reacted with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The reaction, at most [`MAX_EMOJI_BYTES`].
+    pub emoji: String,
+    /// Who reacted with it, in the order they did.
+    pub users: Vec<UserId>,
 }
 
 /// The longest excerpt of a quoted message, in characters.
@@ -202,14 +232,36 @@ impl Body {
             reply_to: None,
             edited_at: None,
             edits: 0,
+            reactions: Vec::new(),
         }
     }
 
-    /// The seq of the message this entry changes in place, for an [`Body::Edit`] or a
-    /// [`Body::Delete`].
+    /// The reactions of a text or media message (`None` for other entries).
+    pub fn reactions(&self) -> Option<&[Reaction]> {
+        match self {
+            Body::Text { reactions, .. } => Some(reactions),
+            Body::Media(media) => Some(&media.reactions),
+            _ => None,
+        }
+    }
+
+    /// The reactions of a text or media message, to change (`None` for other entries).
+    pub fn reactions_mut(&mut self) -> Option<&mut Vec<Reaction>> {
+        match self {
+            Body::Text { reactions, .. } => Some(reactions),
+            Body::Media(media) => Some(&mut media.reactions),
+            _ => None,
+        }
+    }
+
+    /// The seq of the message this entry changes in place: for an edit, a delete, a reaction
+    /// and its removal.
     pub fn amends(&self) -> Option<Seq> {
         match self {
-            Body::Edit { target, .. } | Body::Delete { target } => Some(*target),
+            Body::Edit { target, .. }
+            | Body::Delete { target }
+            | Body::React { target, .. }
+            | Body::Unreact { target, .. } => Some(*target),
             _ => None,
         }
     }
@@ -282,6 +334,9 @@ pub struct MediaBody {
     /// The message it replies to, quoted as it was when the reply was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<Reply>,
+    /// Who reacted with what, as for text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
 }
 
 /// The longest media file name, in bytes of UTF-8.

@@ -303,6 +303,20 @@ pub enum NewBody {
         /// The seq of the message to delete.
         target: Seq,
     },
+    /// React to the text or media message at `target` with `emoji` (once per user and emoji).
+    React {
+        /// The seq of the message.
+        target: Seq,
+        /// The reaction, 1 to [`crate::MAX_EMOJI_BYTES`] bytes, no whitespace.
+        emoji: String,
+    },
+    /// Take back one's `emoji` reaction to the message at `target`.
+    Unreact {
+        /// The seq of the message.
+        target: Seq,
+        /// The reaction.
+        emoji: String,
+    },
 }
 
 impl NewBody {
@@ -581,6 +595,13 @@ pub struct Limits {
     /// milliseconds (group admins and owners may delete any message at any time).
     #[serde(default = "default_delete_window_ms")]
     pub delete_window_ms: u64,
+    /// Most distinct reactions (emojis) on one message.
+    #[serde(default = "default_max_reactions")]
+    pub max_reactions_per_message: usize,
+}
+
+const fn default_max_reactions() -> usize {
+    20
 }
 
 /// 48 hours.
@@ -611,6 +632,7 @@ impl Default for Limits {
             edit_window_ms: default_edit_window_ms(),
             max_edits: default_max_edits(),
             delete_window_ms: default_delete_window_ms(),
+            max_reactions_per_message: default_max_reactions(),
         }
     }
 }

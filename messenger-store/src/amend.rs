@@ -55,6 +55,7 @@ mod tests {
                 reply_to: None,
                 edited_at: Some(Timestamp(9)),
                 edits: 1,
+                reactions: Vec::new(),
             },
         );
         let request = AmendMessage {

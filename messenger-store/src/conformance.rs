@@ -1327,6 +1327,7 @@ fn media(conversation: &ConversationId, seq: u64, sender: &UserId) -> Arc<Messag
         url: None,
         reason: None,
         reply_to: None,
+        reactions: Vec::new(),
     }));
     entry(conversation, seq, sender, &format!("media-{seq}"), body)
 }
@@ -1499,6 +1500,7 @@ fn edited(target: &Message, text: &str, at: u64, edits: u32) -> Arc<Message> {
             reply_to: None,
             edited_at: Some(Timestamp(at)),
             edits,
+            reactions: Vec::new(),
         },
         ..target.clone()
     })

@@ -49,6 +49,7 @@ mod tests {
             url: None,
             reason: (status == MediaStatus::Failed).then(|| "upload expired".into()),
             reply_to: None,
+            reactions: Vec::new(),
         }))
     }
 
@@ -92,6 +93,14 @@ mod tests {
                 text: "x".into(),
             },
             Body::Delete { target: Seq(1) },
+            Body::React {
+                target: Seq(1),
+                emoji: "👍".into(),
+            },
+            Body::Unreact {
+                target: Seq(1),
+                emoji: "👍".into(),
+            },
             Body::Deleted {
                 by: alice,
                 at: Timestamp(1),

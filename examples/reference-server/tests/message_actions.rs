@@ -467,3 +467,74 @@ async fn unread_counts_messages_of_others_not_edits_or_deletes() {
     assert_eq!(unread(&bob).await, 1, "the deleted one stops counting");
     assert_eq!(unread(&alice).await, 1, "bob's message, for alice");
 }
+
+/// Reactions are entries of the log that change their target's summary: devices online get
+/// them in order, a device syncing later gets the summary in place, and ten users reacting
+/// to one message at once all land (the store decides each race; retries do the rest).
+#[tokio::test]
+async fn reactions_are_ordered_summarised_and_survive_a_rush() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (alice, mut alice_events) = connect(&server, "alice:phone").await;
+    let names: Vec<String> = (0..10).map(|n| format!("u{n}")).collect();
+    let members: Vec<_> = names.iter().map(|name| user(name)).collect();
+    let group = alice.create_group("party", &members).await.unwrap();
+    let id = group.conversation.id;
+    let lunch = alice.send_text(&id, "lunch?").await.unwrap();
+
+    let mut clients = Vec::new();
+    for name in &names {
+        clients.push(connect(&server, &format!("{name}:phone")).await);
+    }
+    let rush: Vec<_> = clients
+        .iter()
+        .map(|(client, _)| client.react(&id, lunch.seq, "👍"))
+        .collect();
+    for reacted in futures_util::future::join_all(rush).await {
+        reacted.expect("every reaction lands");
+    }
+    clients[0].0.react(&id, lunch.seq, "🎉").await.unwrap();
+    clients[0].0.unreact(&id, lunch.seq, "🎉").await.unwrap();
+    assert_eq!(
+        code(clients[1].0.react(&id, lunch.seq, "👍").await),
+        Some(ErrorCode::InvalidRequest),
+        "once per user and emoji"
+    );
+    assert_eq!(
+        code(clients[1].0.unreact(&id, lunch.seq, "🎉").await),
+        Some(ErrorCode::InvalidRequest),
+        "nothing to take back"
+    );
+
+    let live = messages(&mut alice_events, &id, 14).await;
+    let reactions = live
+        .iter()
+        .filter(|m| matches!(m.body, Body::React { .. } | Body::Unreact { .. }))
+        .count();
+    assert_eq!(reactions, 12, "every reaction is an entry, in order");
+
+    let (_tablet, synced) = connect_syncing(&server, "alice:tablet").await;
+    let target = synced.iter().find(|m| m.seq == lunch.seq).expect("synced");
+    let summary = target.body.reactions().expect("a text message");
+    assert_eq!(summary.len(), 1, "the 🎉 was taken back: {summary:?}");
+    assert_eq!(summary[0].emoji, "👍");
+    let mut who: Vec<String> = summary[0].users.iter().map(ToString::to_string).collect();
+    who.sort();
+    assert_eq!(who, names, "all ten reactions, each once");
+    assert_eq!(
+        unread_of(&clients[1].0, &id).await,
+        1,
+        "alice's message, not the reactions of the others"
+    );
+}
+
+async fn unread_of(client: &Client, conversation: &ConversationId) -> u64 {
+    client
+        .conversations()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|summary| &summary.conversation.id == conversation)
+        .map(|summary| summary.unread)
+        .expect("listed")
+}

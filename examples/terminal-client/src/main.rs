@@ -45,6 +45,8 @@ commands:
   /reply N TEXT          reply to message #N
   /edit N TEXT           replace the text of your message #N
   /delete N              delete message #N for everyone
+  /react N EMOJI         react to message #N
+  /unreact N EMOJI       take your reaction back
   /quit                  leave the program
 anything else is sent as text to the current conversation";
 
@@ -217,6 +219,14 @@ async fn command(
             let pending = client.edit(&require(current)?, seq_of(seq)?, text.join(" "));
             report(pending, "edit");
         }
+        ("/react", [seq, emoji]) => {
+            let pending = client.react(&require(current)?, seq_of(seq)?, *emoji);
+            report(pending, "reaction");
+        }
+        ("/unreact", [seq, emoji]) => {
+            let pending = client.unreact(&require(current)?, seq_of(seq)?, *emoji);
+            report(pending, "unreaction");
+        }
         ("/delete", [seq]) => {
             let pending = client.delete(&require(current)?, seq_of(seq)?);
             report(pending, "delete");
@@ -319,6 +329,7 @@ fn print_message(message: &Message) {
             text,
             reply_to,
             edits,
+            reactions,
             ..
         } => {
             if let Some(quote) = reply_to {
@@ -328,9 +339,11 @@ fn print_message(message: &Message) {
                 );
             }
             let edited = if *edits > 0 { " (edited)" } else { "" };
-            println!("{prefix}: {text}{edited}");
+            println!("{prefix}: {text}{edited}{}", reactions_text(reactions));
         }
         Body::Edit { target, text } => println!("{prefix} edited #{target}: {text}"),
+        Body::React { target, emoji } => println!("{prefix} reacted {emoji} to #{target}"),
+        Body::Unreact { target, emoji } => println!("{prefix} took back {emoji} on #{target}"),
         Body::Delete { target } => println!("{prefix} deleted #{target}"),
         Body::Deleted { by, .. } => println!("{prefix}: (deleted by {by})"),
         Body::GroupCreated { title, members } => {
@@ -348,6 +361,18 @@ fn print_message(message: &Message) {
         }
         Body::Void => {}
         other => println!("{prefix}: {other:?}"),
+    }
+}
+
+fn reactions_text(reactions: &[messenger_core::Reaction]) -> String {
+    let counts: Vec<String> = reactions
+        .iter()
+        .map(|reaction| format!("{} {}", reaction.emoji, reaction.users.len()))
+        .collect();
+    if counts.is_empty() {
+        String::new()
+    } else {
+        format!("  [{}]", counts.join(", "))
     }
 }
 

@@ -336,6 +336,43 @@ impl Client {
         )
     }
 
+    /// Reacts to the text or media message at `target` with `emoji` (once per emoji; several
+    /// emojis per message are fine). The reaction is an entry of the log; the target's
+    /// `reactions` list it.
+    ///
+    /// # Errors
+    /// As [`Client::send_with_id`]; the refusals of `docs/protocol.md` (already reacted, too
+    /// many different reactions, not a message).
+    pub fn react(
+        &self,
+        conversation: &ConversationId,
+        target: Seq,
+        emoji: impl Into<String>,
+    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
+        let body = NewBody::React {
+            target,
+            emoji: emoji.into(),
+        };
+        self.enqueue_send(conversation, new_client_msg_id(), body)
+    }
+
+    /// Takes back one's `emoji` reaction to the message at `target`.
+    ///
+    /// # Errors
+    /// As [`Client::react`]; `invalid_request` when there is no such reaction of the user.
+    pub fn unreact(
+        &self,
+        conversation: &ConversationId,
+        target: Seq,
+        emoji: impl Into<String>,
+    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
+        let body = NewBody::Unreact {
+            target,
+            emoji: emoji.into(),
+        };
+        self.enqueue_send(conversation, new_client_msg_id(), body)
+    }
+
     /// Sends a message with a `client_msg_id` the caller chose (reuse it to retry: the server
     /// answers a repeat with the original seq and `duplicate: true`).
     ///

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use messenger_core::protocol::{ErrorCode, Limits};
 use messenger_core::store::{AmendMessage, Amended, ReadRange};
 use messenger_core::{
-    Body, ConversationId, ConversationKind, Error, Message, Reply, Role, Seq, UserId, call,
+    Body, ConversationId, ConversationKind, Error, Message, Reaction, Reply, Role, Seq, UserId,
+    call,
 };
 
 use super::pipeline::Stored;
@@ -61,7 +62,10 @@ pub(crate) fn amended(
     let body = match &update.body {
         Body::Edit { text, .. } => {
             let Body::Text {
-                reply_to, edits, ..
+                reply_to,
+                edits,
+                reactions,
+                ..
             } = &target.body
             else {
                 return Err(Error::refused(
@@ -100,7 +104,58 @@ pub(crate) fn amended(
                 reply_to: reply_to.clone(),
                 edited_at: Some(update.sent_at),
                 edits: edits + 1,
+                reactions: reactions.clone(),
             }
+        }
+        Body::React { emoji, .. } => {
+            let mut body = target.body.clone();
+            let reactions = reactions_of(&mut body, target.seq)?;
+            let distinct = reactions.len();
+            match reactions
+                .iter_mut()
+                .find(|reaction| reaction.emoji == *emoji)
+            {
+                Some(reaction) if reaction.users.contains(&update.sender) => {
+                    return Err(Error::refused(
+                        ErrorCode::InvalidRequest,
+                        format!("already reacted {emoji} to seq {}", target.seq),
+                    ));
+                }
+                Some(reaction) => reaction.users.push(update.sender.clone()),
+                None if distinct >= limits.max_reactions_per_message => {
+                    return Err(Error::refused(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "seq {} has {distinct} different reactions, the most allowed",
+                            target.seq
+                        ),
+                    ));
+                }
+                None => reactions.push(Reaction {
+                    emoji: emoji.clone(),
+                    users: vec![update.sender.clone()],
+                }),
+            }
+            body
+        }
+        Body::Unreact { emoji, .. } => {
+            let mut body = target.body.clone();
+            let reactions = reactions_of(&mut body, target.seq)?;
+            let mine = reactions
+                .iter()
+                .position(|reaction| reaction.emoji == *emoji)
+                .filter(|&index| reactions[index].users.contains(&update.sender));
+            let Some(index) = mine else {
+                return Err(Error::refused(
+                    ErrorCode::InvalidRequest,
+                    format!("no {emoji} reaction of yours on seq {}", target.seq),
+                ));
+            };
+            reactions[index].users.retain(|user| *user != update.sender);
+            if reactions[index].users.is_empty() {
+                reactions.remove(index);
+            }
+            body
         }
         Body::Delete { .. } => {
             if !matches!(target.body, Body::Text { .. } | Body::Media(_)) {
@@ -136,13 +191,23 @@ pub(crate) fn amended(
         _ => {
             return Err(Error::refused(
                 ErrorCode::InvalidRequest,
-                "not an edit or a delete",
+                "not an edit, a delete or a reaction",
             ));
         }
     };
     Ok(Message {
         body,
         ..target.clone()
+    })
+}
+
+/// The reactions of a text or media message, to change.
+fn reactions_of(body: &mut Body, seq: Seq) -> Result<&mut Vec<Reaction>, Error> {
+    body.reactions_mut().ok_or_else(|| {
+        Error::refused(
+            ErrorCode::NotEditable,
+            format!("seq {seq} is not a text or media message"),
+        )
     })
 }
 
@@ -348,7 +413,8 @@ mod tests {
                 text: "new".into(),
                 reply_to: None,
                 edited_at: Some(Timestamp(HOUR)),
-                edits: 1
+                edits: 1,
+                reactions: Vec::new(),
             }
         );
         assert_eq!((now.seq, now.sent_at), (target.seq, target.sent_at));
@@ -381,6 +447,7 @@ mod tests {
                 reply_to: None,
                 edited_at: Some(Timestamp(5)),
                 edits: limits.max_edits,
+                reactions: Vec::new(),
             },
         );
         assert_eq!(
@@ -447,6 +514,97 @@ mod tests {
             code(amended(&delete("bob", 5), &text, direct, &limits)),
             Some(ErrorCode::Forbidden),
             "nobody moderates a direct conversation"
+        );
+    }
+
+    fn react(sender: &str, emoji: &str, on: bool) -> Message {
+        let (target, emoji) = (Seq(1), emoji.to_owned());
+        let body = if on {
+            Body::React { target, emoji }
+        } else {
+            Body::Unreact { target, emoji }
+        };
+        entry(9, sender, 1, body)
+    }
+
+    fn summary(message: &Message) -> Vec<(String, Vec<String>)> {
+        message
+            .body
+            .reactions()
+            .unwrap_or_default()
+            .iter()
+            .map(|reaction| {
+                let users = reaction.users.iter().map(ToString::to_string).collect();
+                (reaction.emoji.clone(), users)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reactions_are_one_per_user_and_emoji_and_bounded() {
+        let limits = Limits {
+            max_reactions_per_message: 2,
+            ..Limits::default()
+        };
+        let mut target = entry(1, "alice", 0, Body::text("lunch?"));
+        for (who, emoji) in [("bob", "👍"), ("carol", "👍"), ("bob", "🎉")] {
+            target = amended(&react(who, emoji, true), &target, member(), &limits).expect("react");
+        }
+        let expected = |pairs: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
+            pairs
+                .iter()
+                .map(|(emoji, users)| {
+                    let users = users.iter().map(|user| (*user).to_owned()).collect();
+                    ((*emoji).to_owned(), users)
+                })
+                .collect()
+        };
+        assert_eq!(
+            summary(&target),
+            expected(&[("👍", &["bob", "carol"]), ("🎉", &["bob"])])
+        );
+        assert_eq!(
+            code(amended(
+                &react("bob", "👍", true),
+                &target,
+                member(),
+                &limits
+            )),
+            Some(ErrorCode::InvalidRequest),
+            "once per user and emoji"
+        );
+        assert_eq!(
+            code(amended(
+                &react("dave", "❤️", true),
+                &target,
+                member(),
+                &limits
+            )),
+            Some(ErrorCode::TooLarge),
+            "at most max_reactions_per_message emojis"
+        );
+        assert_eq!(
+            code(amended(
+                &react("dave", "👍", false),
+                &target,
+                member(),
+                &limits
+            )),
+            Some(ErrorCode::InvalidRequest),
+            "only one's own reaction is taken back"
+        );
+        let target = amended(&react("bob", "🎉", false), &target, member(), &limits).expect("off");
+        assert_eq!(summary(&target), expected(&[("👍", &["bob", "carol"])]));
+        let edited = amended(&edit("alice", 2), &target, member(), &limits).expect("edit");
+        assert_eq!(
+            summary(&edited),
+            summary(&target),
+            "an edit keeps reactions"
+        );
+        let left = entry(1, "alice", 0, Body::MemberLeft);
+        assert_eq!(
+            code(amended(&react("bob", "👍", true), &left, member(), &limits)),
+            Some(ErrorCode::NotEditable)
         );
     }
 

@@ -12,8 +12,8 @@ use messenger_core::protocol::{ErrorCode, NewBody};
 use messenger_core::sequencer::{FenceSeq, NextSeq};
 use messenger_core::store::{AppendMessage, FindMessage, VoidSeq};
 use messenger_core::{
-    Body, ClientMsgId, ConversationId, DomainEvent, Error, ErrorKind, Event, Message, Seq,
-    Timestamp, UserId, call,
+    Body, ClientMsgId, ConversationId, DomainEvent, Error, ErrorKind, Event, MAX_EMOJI_BYTES,
+    Message, Seq, Timestamp, UserId, call,
 };
 
 use super::amend::{self, Amendment, Standing};
@@ -95,6 +95,27 @@ impl Stored {
     }
 }
 
+/// A reaction within the limits: 1 to [`MAX_EMOJI_BYTES`] bytes, no whitespace or control
+/// characters.
+fn checked_emoji(emoji: String) -> Result<String, Error> {
+    if emoji.is_empty() || emoji.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err(Error::refused(
+            ErrorCode::InvalidRequest,
+            "a reaction is a non-empty emoji or word without spaces",
+        ))
+    } else if emoji.len() > MAX_EMOJI_BYTES {
+        Err(Error::refused(
+            ErrorCode::TooLarge,
+            format!(
+                "the reaction is {} bytes; the limit is {MAX_EMOJI_BYTES}",
+                emoji.len()
+            ),
+        ))
+    } else {
+        Ok(emoji)
+    }
+}
+
 impl<B: Backends> Engine<B> {
     /// The whole pipeline for one send, as [`SendMessage`] answers it: returns once the entry
     /// is durable and handed to the fanout.
@@ -142,6 +163,14 @@ impl<B: Backends> Engine<B> {
                 text: self.checked_text(text)?,
             })),
             NewBody::Delete { target } => Ok(Draft::from(Body::Delete { target })),
+            NewBody::React { target, emoji } => Ok(Draft::from(Body::React {
+                target,
+                emoji: checked_emoji(emoji)?,
+            })),
+            NewBody::Unreact { target, emoji } => Ok(Draft::from(Body::Unreact {
+                target,
+                emoji: checked_emoji(emoji)?,
+            })),
             _ => Err(Error::refused(
                 ErrorCode::InvalidRequest,
                 "unsupported body",

@@ -170,6 +170,7 @@ mod tests {
                 url: None,
                 reason: None,
                 reply_to: None,
+                reactions: Vec::new(),
             })),
         };
         for seq in [1, 2] {

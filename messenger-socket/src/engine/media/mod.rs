@@ -365,6 +365,7 @@ impl<B: Backends> Engine<B> {
             url: None,
             reason: None,
             reply_to: None,
+            reactions: Vec::new(),
         })))
     }
 }
