@@ -46,6 +46,10 @@ pub enum ClientFrame {
         /// Conversation → last contiguous seq held.
         #[serde(default)]
         cursors: BTreeMap<ConversationId, Seq>,
+        /// At most this many of the latest entries per conversation (absent: everything
+        /// after each cursor). A conversation further behind starts with a `limited` frame.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
     },
     /// Send a message.
     Send {
@@ -400,6 +404,15 @@ pub enum ServerFrame {
         server_time: Timestamp,
         /// The limits this server enforces.
         limits: Limits,
+    },
+    /// During a `sync` with a `limit`: the backlog of `conversation` starts after `from`,
+    /// not after the device's cursor; `history` with `before: from + 1` pages back through
+    /// what was skipped. Sent before any entry of that backlog.
+    Limited {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The seq the device's cursor moves to.
+        from: Seq,
     },
     /// A log entry, delivered in seq order per conversation.
     Message {

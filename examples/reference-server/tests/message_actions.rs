@@ -538,3 +538,92 @@ async fn unread_of(client: &Client, conversation: &ConversationId) -> u64 {
         .map(|summary| summary.unread)
         .expect("listed")
 }
+
+/// A device that asks for at most N entries per conversation gets `limited` before the
+/// latest N of a conversation further behind (no gap to repair), exactly those entries, and
+/// pages back through the rest with `history`; a device within N of the head gets all it
+/// missed as before.
+#[tokio::test]
+async fn a_bounded_sync_sends_the_latest_entries_and_says_where_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (alice, _alice_events) = connect(&server, "alice:phone").await;
+    let chat = alice
+        .open_direct(&user("bob"))
+        .await
+        .unwrap()
+        .conversation
+        .id;
+    for n in 1..=30 {
+        alice.send_text(&chat, format!("m{n}")).await.unwrap();
+    }
+
+    // On the wire, for a client written from docs/protocol.md.
+    let mut ws = common::raw_hello(&server, "bob:phone").await;
+    send_json(
+        &mut ws,
+        serde_json::json!({"type": "sync", "cursors": {}, "limit": 5}),
+    )
+    .await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = next_frame(&mut ws).await;
+        let done = matches!(frame, ServerFrame::Synced { .. });
+        frames.push(frame);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        matches!(&frames[0], ServerFrame::Limited { conversation, from } if *conversation == chat && *from == Seq(25)),
+        "{:?}",
+        frames[0]
+    );
+    let seqs: Vec<u64> = frames
+        .iter()
+        .filter_map(|frame| match frame {
+            ServerFrame::Message { message } => Some(message.seq.get()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![26, 27, 28, 29, 30]);
+
+    // The Rust client: skips ahead without a repair, and history has the rest.
+    let config =
+        messenger_socket::client::ClientConfig::new(server.url(), "bob:tablet").sync_limit(5);
+    let (tablet, mut events) = Client::connect(config).await.unwrap();
+    let limited = events
+        .wait_for(common::WAIT, |event| {
+            matches!(event, ClientEvent::Limited { .. })
+        })
+        .await
+        .unwrap();
+    assert!(matches!(limited, ClientEvent::Limited { from, .. } if from == Seq(25)));
+    let got = messages(&mut events, &chat, 5).await;
+    assert_eq!(text_of(&got[0]), "m26");
+    assert_eq!(tablet.cursors().get(&chat), Some(&Seq(30)));
+    common::assert_exactly_once(&tablet);
+    let older = tablet
+        .history(
+            &chat,
+            messenger_socket::client::HistoryRange::Before(Seq(26)),
+            Some(10),
+        )
+        .await
+        .unwrap();
+    let older: Vec<u64> = older.messages.iter().map(|m| m.seq.get()).collect();
+    assert_eq!(older, (16..=25).collect::<Vec<_>>());
+
+    // Within the limit of its cursor: no `limited`, everything it missed.
+    let mut near = common::raw_hello(&server, "bob:laptop").await;
+    send_json(
+        &mut near,
+        serde_json::json!({"type": "sync", "cursors": {chat.as_str(): 27}, "limit": 5}),
+    )
+    .await;
+    let first = next_frame(&mut near).await;
+    assert!(
+        matches!(&first, ServerFrame::Message { message } if message.seq == Seq(28)),
+        "{first:?}"
+    );
+}

@@ -55,6 +55,11 @@ pub struct ClientConfig {
     /// (for example [`Client::cursors`](super::Client::cursors) saved by a previous run).
     /// Default: empty (everything is synced from the beginning).
     pub cursors: BTreeMap<ConversationId, Seq>,
+    /// At most this many of the latest entries per conversation on every (re)connect: a
+    /// conversation further behind skips ahead ([`ClientEvent::Limited`](super::ClientEvent::Limited))
+    /// and its older entries are left to [`Client::history`](super::Client::history).
+    /// Default: `None` (everything after each cursor).
+    pub sync_limit: Option<u32>,
 }
 
 impl ClientConfig {
@@ -72,6 +77,7 @@ impl ClientConfig {
             event_capacity: 1024,
             auto_delivered: true,
             cursors: BTreeMap::new(),
+            sync_limit: None,
         }
     }
 
@@ -127,6 +133,13 @@ impl ClientConfig {
     #[must_use]
     pub fn auto_delivered(mut self, enabled: bool) -> Self {
         self.auto_delivered = enabled;
+        self
+    }
+
+    /// Sets [`ClientConfig::sync_limit`].
+    #[must_use]
+    pub fn sync_limit(mut self, limit: u32) -> Self {
+        self.sync_limit = Some(limit);
         self
     }
 

@@ -231,6 +231,7 @@ pub(crate) struct Driver {
     connect_timeout: Duration,
     keepalive: Duration,
     auto_delivered: bool,
+    sync_limit: Option<u32>,
     event_capacity: usize,
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -274,6 +275,7 @@ impl Driver {
             connect_timeout: config.connect_timeout,
             keepalive: config.keepalive.max(Duration::from_millis(10)),
             auto_delivered: config.auto_delivered,
+            sync_limit: config.sync_limit,
             event_capacity: config.event_capacity.max(1),
             shared,
             commands,
@@ -387,6 +389,7 @@ impl Driver {
     async fn start_session(&mut self, socket: &mut Socket) -> Result<(), End> {
         let sync = ClientFrame::Sync {
             cursors: self.order.cursors(),
+            limit: self.sync_limit,
         };
         write(socket, &sync).await?;
         self.transmit_outbox(socket).await?;
@@ -502,6 +505,12 @@ impl Driver {
                     };
                     entry.resolve(|| Ok(sent.clone()));
                     self.update_outbox_len();
+                }
+            }
+            ServerFrame::Limited { conversation, from } => {
+                if self.order.skip_to(&conversation, from) {
+                    self.shared.set_cursor(&conversation, from);
+                    self.push_event(ClientEvent::Limited { conversation, from });
                 }
             }
             ServerFrame::Synced { conversations } => {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use messenger_core::protocol::Limits;
 use messenger_core::{
-    ConversationId, ConversationSummary, DeviceId, Error, ErrorKind, Message, Receipts, Timestamp,
-    UserId,
+    ConversationId, ConversationSummary, DeviceId, Error, ErrorKind, Message, Receipts, Seq,
+    Timestamp, UserId,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -30,6 +30,16 @@ pub enum ClientEvent {
     /// A log entry: a message or a membership change. Per conversation, entries come in seq
     /// order, each once, with no gap; void entries are skipped (the cursor still moves).
     Message(Arc<Message>),
+    /// A sync with [`ClientConfig::sync_limit`](super::ClientConfig::sync_limit) skipped the
+    /// older entries of a conversation: its entries continue after `from`, and
+    /// [`Client::history`](super::Client::history) with `HistoryRange::Before(from + 1)`
+    /// pages back through the rest.
+    Limited {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Where its cursor moved.
+        from: Seq,
+    },
     /// The backlog after a (re)connect has been delivered; live delivery continues.
     Synced(Vec<ConversationSummary>),
     /// A member's receipt watermarks moved.

@@ -158,6 +158,21 @@ impl Order {
         }
     }
 
+    /// A limited sync starts `conversation` after `from`: the cursor moves there (never
+    /// back). True when it moved.
+    pub(crate) fn skip_to(&mut self, conversation: &ConversationId, from: Seq) -> bool {
+        let track = self
+            .tracks
+            .entry(conversation.clone())
+            .or_insert_with(|| Track::new(Seq::ZERO));
+        if from <= track.lane.delivered() {
+            return false;
+        }
+        track.lane.restart_at(from);
+        track.filling_from = None;
+        true
+    }
+
     /// The connection is gone: the next `sync` resends everything past the cursors, so the
     /// held entries and fills in flight are dropped.
     pub(crate) fn connection_lost(&mut self) {

@@ -75,7 +75,7 @@ impl FakeConnection {
     /// Expects `sync` and returns its cursors.
     async fn sync(&mut self) -> BTreeMap<ConversationId, Seq> {
         match self.recv().await {
-            ClientFrame::Sync { cursors } => cursors,
+            ClientFrame::Sync { cursors, .. } => cursors,
             other => panic!("expected sync, got {other:?}"),
         }
     }

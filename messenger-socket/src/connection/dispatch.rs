@@ -108,8 +108,8 @@ impl<B: Backends> Connection<B> {
                 )
                 .await
             }
-            ClientFrame::Sync { cursors } => {
-                self.start_sync(cursors);
+            ClientFrame::Sync { cursors, limit } => {
+                self.start_sync(cursors, limit);
                 Ok(())
             }
             ClientFrame::Send {

@@ -140,6 +140,7 @@ enum Done {
     SyncLoaded(
         Result<Vec<ConversationSummary>, Error>,
         BTreeMap<ConversationId, Seq>,
+        Option<u32>,
     ),
     /// A page of entries for a gap or a backlog.
     Fetched(ConversationId, Result<MessagePage, Error>),
@@ -445,7 +446,9 @@ impl<B: Backends> Connection<B> {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         match done {
-            Done::SyncLoaded(result, cursors) => self.sync_loaded(ws, result, cursors).await,
+            Done::SyncLoaded(result, cursors, limit) => {
+                self.sync_loaded(ws, result, cursors, limit).await
+            }
             Done::Fetched(conversation, result) => self.fetched(ws, conversation, result).await,
         }
     }

@@ -22,22 +22,28 @@ pub(super) struct PendingSync {
 
 impl<B: Backends> Connection<B> {
     /// Reads the user's conversations off the loop; [`Connection::sync_loaded`] goes on.
-    pub(super) fn start_sync(&mut self, cursors: BTreeMap<ConversationId, Seq>) {
+    pub(super) fn start_sync(
+        &mut self,
+        cursors: BTreeMap<ConversationId, Seq>,
+        limit: Option<u32>,
+    ) {
         let store = self.node.services().store().clone();
         let user = self.identity.user.clone();
         self.spawn_task(Box::pin(async move {
             let result = call(&store, UserConversations { user }).await;
-            Done::SyncLoaded(result, cursors)
+            Done::SyncLoaded(result, cursors, limit)
         }));
     }
 
     /// The user's conversations are known: every track restarts from the device's cursor
-    /// (never past the head) and streams its backlog.
+    /// (never past the head; with a `limit`, no further back than `limit` entries from the
+    /// head, announced by a `limited` frame) and streams its backlog.
     pub(super) async fn sync_loaded<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         result: Result<Vec<ConversationSummary>, Error>,
         cursors: BTreeMap<ConversationId, Seq>,
+        limit: Option<u32>,
     ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -51,11 +57,22 @@ impl<B: Backends> Connection<B> {
         let mut ids = Vec::with_capacity(summaries.len());
         for summary in &summaries {
             let id = summary.conversation.id.clone();
-            let cursor = cursors
+            let mut cursor = cursors
                 .get(&id)
                 .copied()
                 .unwrap_or(Seq::ZERO)
                 .min(summary.head);
+            if let Some(limit) = limit {
+                let from = Seq(summary.head.get().saturating_sub(u64::from(limit)));
+                if from > cursor {
+                    cursor = from;
+                    let frame = ServerFrame::Limited {
+                        conversation: id.clone(),
+                        from,
+                    };
+                    self.reply(ws, frame).await?;
+                }
+            }
             self.tracks
                 .entry(id.clone())
                 .or_insert_with(|| Track::new(cursor))
