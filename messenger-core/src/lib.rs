@@ -38,9 +38,9 @@ pub use event::{DomainEvent, Event, PresenceUpdate, ReceiptUpdate, TypingUpdate}
 pub use id::{ClientMsgId, ConversationId, DeviceId, InvalidId, RequestId, Seq, Timestamp, UserId};
 pub use model::{
     Body, Conversation, ConversationKind, ConversationSummary, MAX_EMOJI_BYTES, MAX_EXCERPT_CHARS,
-    MAX_GROUP_MEMBERS, MAX_MEDIA_NAME_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES, MAX_UNREAD_SPAN,
-    MediaBody, MediaStatus, MediaUpdate, Member, Message, Reaction, ReceiptKind, Receipts, Reply,
-    ReplyKind, Role,
+    MAX_GROUP_MEMBERS, MAX_MEDIA_NAME_BYTES, MAX_MENTIONS, MAX_TEXT_BYTES, MAX_TITLE_BYTES,
+    MAX_UNREAD_SPAN, MediaBody, MediaStatus, MediaUpdate, Member, Message, Reaction, ReceiptKind,
+    Receipts, Reply, ReplyKind, Role,
 };
 pub use service::{Handles, Operation, call};
 

@@ -86,6 +86,14 @@ pub enum Body {
         /// Who reacted with what, in the order the emojis were first used.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         reactions: Vec<Reaction>,
+        /// Whether it mentions every member (`@all`; group admins and owners only).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        mention_all: bool,
+        /// The members it mentions. Declared (so serialized) last: the SQL stores find a
+        /// mention by searching the stored JSON after `"mentions":[` (messenger-store's
+        /// `unread.rs`), where nothing but these ids follows.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<UserId>,
     },
     /// A group was created with these members (the first entry of every group).
     GroupCreated {
@@ -167,6 +175,9 @@ fn is_zero(value: &u32) -> bool {
     *value == 0
 }
 
+/// The most members one text message may mention.
+pub const MAX_MENTIONS: usize = 50;
+
 /// The longest reaction, in bytes of UTF-8 (room for emoji ZWJ sequences and short words).
 pub const MAX_EMOJI_BYTES: usize = 64;
 
@@ -233,6 +244,8 @@ impl Body {
             edited_at: None,
             edits: 0,
             reactions: Vec::new(),
+            mention_all: false,
+            mentions: Vec::new(),
         }
     }
 
@@ -483,6 +496,10 @@ pub struct ConversationSummary {
     /// [`MAX_UNREAD_SPAN`] latest entries. Derived from the log and the watermark, so it
     /// never drifts; reading up to the head clears it.
     pub unread: u64,
+    /// Of those, the text messages that mention the user (or everyone): derived the same
+    /// way, among the same entries.
+    #[serde(default)]
+    pub mentions: u64,
 }
 
 /// How many of a conversation's latest entries `unread` looks at: the count is exact while
@@ -494,6 +511,14 @@ impl Message {
     /// watermark: a text or media message (not failed, not deleted) someone else sent.
     pub fn counts_as_unread_for(&self, user: &UserId) -> bool {
         self.sender != *user && self.body.is_displayed_message()
+    }
+
+    /// Whether this entry counts towards `user`'s mention count once past their read
+    /// watermark: a text message of someone else that mentions them (or everyone).
+    pub fn mentions(&self, user: &UserId) -> bool {
+        self.sender != *user
+            && matches!(&self.body, Body::Text { mention_all, mentions, .. }
+                if *mention_all || mentions.contains(user))
     }
 }
 

@@ -290,6 +290,12 @@ pub enum NewBody {
         /// conversation); the stored entry quotes it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<Seq>,
+        /// Members it mentions (at most [`crate::MAX_MENTIONS`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<UserId>,
+        /// `@all`: it mentions every member (group admins and owners only).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        mention_all: bool,
     },
     /// An image, video or file. Sequenced at once as `pending`; the sender gets an `upload`
     /// frame with the ticket to upload the bytes (see `docs/media.md`).
@@ -329,6 +335,8 @@ impl NewBody {
         NewBody::Text {
             text: text.into(),
             reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
         }
     }
 }

@@ -56,6 +56,8 @@ mod tests {
                 edited_at: Some(Timestamp(9)),
                 edits: 1,
                 reactions: Vec::new(),
+                mention_all: false,
+                mentions: Vec::new(),
             },
         );
         let request = AmendMessage {

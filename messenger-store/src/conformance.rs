@@ -53,6 +53,7 @@ pub async fn run_all<S: StoreService>(store: &S) {
     last_seen_is_monotonic(store).await;
     user_conversations_report_unread(store).await;
     unread_counts_only_displayed_messages_of_others(store).await;
+    mentions_count_texts_that_name_the_user(store).await;
     create_conversation_is_idempotent(store).await;
     media_moves_once_from_pending(store).await;
     media_status_is_conditional(store).await;
@@ -1501,6 +1502,8 @@ fn edited(target: &Message, text: &str, at: u64, edits: u32) -> Arc<Message> {
             edited_at: Some(Timestamp(at)),
             edits,
             reactions: Vec::new(),
+            mention_all: false,
+            mentions: Vec::new(),
         },
         ..target.clone()
     })
@@ -1776,5 +1779,83 @@ pub async fn unread_counts_only_displayed_messages_of_others<S: StoreService>(st
         unread_of(store, &alice, &chat).await,
         0,
         "read to a void head clears it"
+    );
+}
+
+fn mentioning(
+    conversation: &ConversationId,
+    seq: u64,
+    sender: &UserId,
+    mentions: &[&UserId],
+    all: bool,
+) -> Arc<Message> {
+    let mut body = Body::text(format!("mentions at {seq}"));
+    if let Body::Text {
+        mentions: to,
+        mention_all,
+        ..
+    } = &mut body
+    {
+        *to = mentions.iter().map(|user| (*user).clone()).collect();
+        *mention_all = all;
+    }
+    entry(conversation, seq, sender, &format!("mention-{seq}"), body)
+}
+
+/// `mentions` counts the text messages of others after the read watermark that name the
+/// user or everyone — derived like `unread`, so reading clears it.
+pub async fn mentions_count_texts_that_name_the_user<S: StoreService>(store: &S) {
+    let alice = user("alice");
+    let bob = user("bob");
+    let carol = user("carol");
+    let chat = create_group(
+        store,
+        &alice,
+        &[
+            (&alice, Role::Owner),
+            (&bob, Role::Member),
+            (&carol, Role::Member),
+        ],
+    )
+    .await;
+    for message in [
+        mentioning(&chat, 1, &alice, &[&bob], false),
+        mentioning(&chat, 2, &carol, &[&alice, &bob], false),
+        mentioning(&chat, 3, &alice, &[], true),
+        mentioning(&chat, 4, &bob, &[&bob], false),
+        text(&chat, 5, &alice, "plain"),
+    ] {
+        append(store, &message).await;
+    }
+    let mentions_of = |who: UserId| {
+        let chat = chat.clone();
+        async move {
+            call(store, UserConversations { user: who })
+                .await
+                .expect("user_conversations")
+                .into_iter()
+                .find(|summary| summary.conversation.id == chat)
+                .map(|summary| (summary.unread, summary.mentions))
+                .expect("listed")
+        }
+    };
+    assert_eq!(
+        mentions_of(bob.clone()).await,
+        (4, 3),
+        "1, 2 and @all; not his own"
+    );
+    assert_eq!(
+        mentions_of(alice.clone()).await,
+        (2, 1),
+        "carol's; not her own @all"
+    );
+    assert_eq!(mentions_of(carol.clone()).await, (4, 1), "the @all");
+    receipt(store, &chat, &bob, ReceiptKind::Read, 2)
+        .await
+        .expect("read");
+    assert_eq!(
+        mentions_of(bob).await,
+        (2, 1),
+        "reading clears what it covers"
     );
 }

@@ -627,3 +627,76 @@ async fn a_bounded_sync_sends_the_latest_entries_and_says_where_it_started() {
         "{first:?}"
     );
 }
+
+/// Mentions: members named in a text (or everyone, by an admin or the owner) get a mention
+/// count derived from the log, cleared by reading; `@all` from a plain member and mentions
+/// of non-members are refused.
+#[tokio::test]
+async fn mentions_are_counted_for_those_named_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (alice, _alice_events) = connect(&server, "alice:phone").await;
+    let (bob, _bob_events) = connect(&server, "bob:phone").await;
+    let (carol, _carol_events) = connect(&server, "carol:phone").await;
+    let group = alice
+        .create_group("team", &[user("bob"), user("carol")])
+        .await
+        .unwrap();
+    let id = group.conversation.id;
+    let counts = |client: &Client| {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            let summary = client
+                .conversations()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|summary| summary.conversation.id == id)
+                .expect("listed");
+            (summary.unread, summary.mentions)
+        }
+    };
+    mention(&alice, &id, "m1", &["bob"], false).await.unwrap();
+    mention(&alice, &id, "m2", &[], true).await.unwrap();
+    assert_eq!(counts(&bob).await, (2, 2));
+    assert_eq!(counts(&carol).await, (2, 1), "the @all only");
+    assert_eq!(
+        code(mention(&bob, &id, "m3", &[], true).await),
+        Some(ErrorCode::Forbidden),
+        "@all is for admins and the owner"
+    );
+    assert_eq!(
+        code(mention(&alice, &id, "m4", &["dave"], false).await),
+        Some(ErrorCode::InvalidRequest),
+        "only members are mentioned"
+    );
+    let head = head(&bob, &id).await;
+    bob.read(&id, head).await.unwrap();
+    // `read` is fire-and-forget: wait until the watermark shows in the summary.
+    for _ in 0..100 {
+        if counts(&bob).await == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counts(&bob).await, (0, 0), "reading clears both");
+}
+
+/// A text that mentions `mentions` (and everyone, with `all`), sent with key `key`.
+fn mention(
+    client: &Client,
+    conversation: &ConversationId,
+    key: &str,
+    mentions: &[&str],
+    all: bool,
+) -> impl std::future::Future<Output = Result<messenger_socket::client::Sent, Error>> + 'static {
+    let body = messenger_core::protocol::NewBody::Text {
+        text: "look".into(),
+        reply_to: None,
+        mentions: mentions.iter().map(|name| user(name)).collect(),
+        mention_all: all,
+    };
+    let key = messenger_core::ClientMsgId::new(key).expect("key");
+    client.send_with_id(conversation, key, body)
+}

@@ -295,6 +295,8 @@ impl Client {
         let body = NewBody::Text {
             text: text.into(),
             reply_to: Some(reply_to),
+            mentions: Vec::new(),
+            mention_all: false,
         };
         self.enqueue_send(conversation, new_client_msg_id(), body)
     }

@@ -60,13 +60,14 @@ pub(crate) fn amended(
         .as_millis()
         .saturating_sub(target.sent_at.as_millis());
     let body = match &update.body {
-        Body::Edit { text, .. } => {
+        Body::Edit { text: new, .. } => {
+            let mut body = target.body.clone();
             let Body::Text {
-                reply_to,
+                text,
+                edited_at,
                 edits,
-                reactions,
                 ..
-            } = &target.body
+            } = &mut body
             else {
                 return Err(Error::refused(
                     ErrorCode::NotEditable,
@@ -99,13 +100,11 @@ pub(crate) fn amended(
                     ),
                 ));
             }
-            Body::Text {
-                text: text.clone(),
-                reply_to: reply_to.clone(),
-                edited_at: Some(update.sent_at),
-                edits: edits + 1,
-                reactions: reactions.clone(),
-            }
+            // Replies, reactions and mentions stay as they were.
+            text.clone_from(new);
+            *edited_at = Some(update.sent_at);
+            *edits += 1;
+            body
         }
         Body::React { emoji, .. } => {
             let mut body = target.body.clone();
@@ -415,6 +414,8 @@ mod tests {
                 edited_at: Some(Timestamp(HOUR)),
                 edits: 1,
                 reactions: Vec::new(),
+                mention_all: false,
+                mentions: Vec::new(),
             }
         );
         assert_eq!((now.seq, now.sent_at), (target.seq, target.sent_at));
@@ -448,6 +449,8 @@ mod tests {
                 edited_at: Some(Timestamp(5)),
                 edits: limits.max_edits,
                 reactions: Vec::new(),
+                mention_all: false,
+                mentions: Vec::new(),
             },
         );
         assert_eq!(

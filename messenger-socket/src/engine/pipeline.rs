@@ -12,8 +12,8 @@ use messenger_core::protocol::{ErrorCode, NewBody};
 use messenger_core::sequencer::{FenceSeq, NextSeq};
 use messenger_core::store::{AppendMessage, FindMessage, VoidSeq};
 use messenger_core::{
-    Body, ClientMsgId, ConversationId, DomainEvent, Error, ErrorKind, Event, MAX_EMOJI_BYTES,
-    Message, Seq, Timestamp, UserId, call,
+    Body, ClientMsgId, ConversationId, ConversationKind, DomainEvent, Error, ErrorKind, Event,
+    MAX_EMOJI_BYTES, MAX_MENTIONS, Message, Role, Seq, Timestamp, UserId, call,
 };
 
 use super::amend::{self, Amendment, Standing};
@@ -147,10 +147,38 @@ impl<B: Backends> Engine<B> {
     /// reply's quote is added by [`Engine::prepare_send`]).
     pub(crate) fn validate_body(&self, body: NewBody) -> Result<Draft, Error> {
         match body {
-            NewBody::Text { text, reply_to } => Ok(Draft {
+            NewBody::Text {
+                text,
                 reply_to,
-                ..Draft::from(Body::text(self.checked_text(text)?))
-            }),
+                mut mentions,
+                mention_all,
+            } => {
+                mentions.sort();
+                mentions.dedup();
+                if mentions.len() > MAX_MENTIONS {
+                    return Err(Error::refused(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "{} users mentioned; the limit is {MAX_MENTIONS}",
+                            mentions.len()
+                        ),
+                    ));
+                }
+                let mut body = Body::text(self.checked_text(text)?);
+                if let Body::Text {
+                    mentions: to,
+                    mention_all: all,
+                    ..
+                } = &mut body
+                {
+                    *to = mentions;
+                    *all = mention_all;
+                }
+                Ok(Draft {
+                    reply_to,
+                    ..Draft::from(body)
+                })
+            }
             NewBody::Media(media) => {
                 let reply_to = media.reply_to;
                 Ok(Draft {
@@ -215,6 +243,27 @@ impl<B: Backends> Engine<B> {
             reply_to,
             resend,
         } = draft;
+        if let Body::Text {
+            mentions,
+            mention_all,
+            ..
+        } = &body
+        {
+            let moderator = info.conversation.kind == ConversationKind::Group
+                && matches!(role, Role::Admin | Role::Owner);
+            if *mention_all && !moderator {
+                return Err(Error::refused(
+                    ErrorCode::Forbidden,
+                    "only group admins and the owner mention everyone",
+                ));
+            }
+            if let Some(stranger) = mentions.iter().find(|user| info.role_of(user).is_none()) {
+                return Err(Error::refused(
+                    ErrorCode::InvalidRequest,
+                    format!("{stranger} is not a member of {conversation}"),
+                ));
+            }
+        }
         if let Some(seq) = reply_to {
             let quote = amend::quote(&*self.target_entry(&conversation, seq).await?)?;
             match &mut body {

@@ -229,16 +229,18 @@ pub(crate) fn user_conversations(
         .map(|column| format!("c.{column}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let unread = crate::unread::unread_subquery(
-        "m.conversation",
-        "m.user",
-        "coalesce(r.read, 0)",
-        "coalesce(h.head, 0)",
-    );
+    let member = crate::unread::Member {
+        conversation: "m.conversation",
+        user: "m.user",
+        quoted_user: "'\"' || m.user || '\"'",
+        read: "coalesce(r.read, 0)",
+        head: "coalesce(h.head, 0)",
+    };
+    let (unread, mentions) = (member.unread(), member.mentions());
     let rows = conn
         .prepare_cached(&format!(
             "SELECT {columns}, m.role, coalesce(h.head, 0), \
-                    coalesce(r.delivered, 0), coalesce(r.read, 0), {unread} \
+                    coalesce(r.delivered, 0), coalesce(r.read, 0), {unread}, {mentions} \
              FROM members m \
              JOIN conversations c ON c.id = m.conversation \
              LEFT JOIN heads h ON h.conversation = m.conversation \
@@ -253,22 +255,26 @@ pub(crate) fn user_conversations(
                 row.get::<_, i64>(7)?,
                 row.get::<_, i64>(8)?,
                 row.get::<_, i64>(9)?,
+                row.get::<_, i64>(10)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(|(conversation, role, head, delivered, read, unread)| {
-            let head = codec::seq_from_sql(head)?;
-            let read = codec::seq_from_sql(read)?;
-            Ok(ConversationSummary {
-                conversation: conversation.decode()?,
-                role: codec::parse_role(&role)?,
-                head,
-                delivered: codec::seq_from_sql(delivered)?,
-                read,
-                unread: codec::from_sql("unread", unread)?,
-            })
-        })
+        .map(
+            |(conversation, role, head, delivered, read, unread, mentions)| {
+                let head = codec::seq_from_sql(head)?;
+                let read = codec::seq_from_sql(read)?;
+                Ok(ConversationSummary {
+                    conversation: conversation.decode()?,
+                    role: codec::parse_role(&role)?,
+                    head,
+                    delivered: codec::seq_from_sql(delivered)?,
+                    read,
+                    unread: codec::from_sql("unread", unread)?,
+                    mentions: codec::from_sql("mentions", mentions)?,
+                })
+            },
+        )
         .collect()
 }
 

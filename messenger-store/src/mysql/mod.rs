@@ -1007,15 +1007,17 @@ impl StoreBackend for MysqlStore {
             .map(|column| format!("c.{column}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let unread = crate::unread::unread_subquery(
-            "m.conversation",
-            "m.user_id",
-            "COALESCE(r.read_seq, 0)",
-            "COALESCE(h.head, 0)",
-        );
+        let member = crate::unread::Member {
+            conversation: "m.conversation",
+            user: "m.user_id",
+            quoted_user: "CONCAT('\"', m.user_id, '\"')",
+            read: "COALESCE(r.read_seq, 0)",
+            head: "COALESCE(h.head, 0)",
+        };
+        let (unread, mentions) = (member.unread(), member.mentions());
         let statement = format!(
             "SELECT {columns}, m.role, COALESCE(h.head, 0), \
-                    COALESCE(r.delivered_seq, 0), COALESCE(r.read_seq, 0), {unread} \
+                    COALESCE(r.delivered_seq, 0), COALESCE(r.read_seq, 0), {unread}, {mentions} \
              FROM members m \
              JOIN conversations c ON c.id = m.conversation \
              LEFT JOIN heads h ON h.conversation = m.conversation \
@@ -1030,6 +1032,7 @@ impl StoreBackend for MysqlStore {
                 let head = Seq(take(&mut row, 6)?);
                 let read = Seq(take(&mut row, 8)?);
                 let unread: u64 = take(&mut row, 9)?;
+                let mentions: u64 = take(&mut row, 10)?;
                 summaries.push(ConversationSummary {
                     conversation: codec::decode_conversation(&mut row)?,
                     role: codec::parse_role(&take::<String>(&mut row, 5)?)?,
@@ -1037,6 +1040,7 @@ impl StoreBackend for MysqlStore {
                     delivered: Seq(take(&mut row, 7)?),
                     read,
                     unread,
+                    mentions,
                 });
             }
             Ok::<_, MysqlError>(summaries)

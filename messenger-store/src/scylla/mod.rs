@@ -1083,7 +1083,7 @@ impl ScyllaStore {
         let Some(facts) = facts.into_iter().next() else {
             return Ok(None);
         };
-        let unread = self.unread(conversation, user, read, head).await?;
+        let (unread, mentions) = self.unread(conversation, user, read, head).await?;
         Ok(Some(ConversationSummary {
             conversation: codec::decode_conversation(facts)?,
             role,
@@ -1091,21 +1091,23 @@ impl ScyllaStore {
             delivered,
             read,
             unread,
+            mentions,
         }))
     }
 
     /// The displayed messages of others among the entries after `read` (at most the latest
-    /// [`MAX_UNREAD_SPAN`]): read and counted here, as CQL cannot filter on the body.
+    /// [`MAX_UNREAD_SPAN`]), and those that mention `user`: read and counted here, as CQL
+    /// cannot filter on the body.
     async fn unread(
         &self,
         conversation: &str,
         user: &str,
         read: Seq,
         head: Seq,
-    ) -> Result<u64, ScyllaError> {
+    ) -> Result<(u64, u64), ScyllaError> {
         let after = read.get().max(head.get().saturating_sub(MAX_UNREAD_SPAN));
         if after >= head.get() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         let page = self
             .range(&ReadRange {
@@ -1116,11 +1118,13 @@ impl ScyllaStore {
             })
             .await?;
         let user: UserId = codec::parse_id(user)?;
-        Ok(page
-            .messages
-            .iter()
-            .filter(|message| message.counts_as_unread_for(&user))
-            .count() as u64)
+        let count = |rule: &dyn Fn(&Message) -> bool| {
+            page.messages.iter().filter(|message| rule(message)).count() as u64
+        };
+        Ok((
+            count(&|message| message.counts_as_unread_for(&user)),
+            count(&|message| message.mentions(&user)),
+        ))
     }
 
     async fn summaries(
