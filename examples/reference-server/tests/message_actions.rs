@@ -444,28 +444,22 @@ async fn unread_counts_messages_of_others_not_edits_or_deletes() {
         .unwrap()
         .conversation
         .id;
-    let unread = |client: &Client| {
-        let client = client.clone();
-        let chat = chat.clone();
-        async move {
-            client
-                .conversations()
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|summary| summary.conversation.id == chat)
-                .map(|summary| summary.unread)
-                .expect("listed")
-        }
-    };
     let first = alice.send_text(&chat, "one").await.unwrap();
     let second = alice.send_text(&chat, "two").await.unwrap();
     bob.send_text(&chat, "bob's own").await.unwrap();
     alice.edit(&chat, first.seq, "one!").await.unwrap();
-    assert_eq!(unread(&bob).await, 2, "alice's two messages, not the edit");
+    assert_eq!(
+        counts(&bob, &chat).await.0,
+        2,
+        "alice's two messages, not the edit"
+    );
     alice.delete(&chat, second.seq).await.unwrap();
-    assert_eq!(unread(&bob).await, 1, "the deleted one stops counting");
-    assert_eq!(unread(&alice).await, 1, "bob's message, for alice");
+    assert_eq!(
+        counts(&bob, &chat).await.0,
+        1,
+        "the deleted one stops counting"
+    );
+    assert_eq!(counts(&alice, &chat).await.0, 1, "bob's message, for alice");
 }
 
 /// Reactions are entries of the log that change their target's summary: devices online get
@@ -522,21 +516,22 @@ async fn reactions_are_ordered_summarised_and_survive_a_rush() {
     who.sort();
     assert_eq!(who, names, "all ten reactions, each once");
     assert_eq!(
-        unread_of(&clients[1].0, &id).await,
+        counts(&clients[1].0, &id).await.0,
         1,
         "alice's message, not the reactions of the others"
     );
 }
 
-async fn unread_of(client: &Client, conversation: &ConversationId) -> u64 {
-    client
+/// `(unread, mentions)` of `conversation` in `client`'s conversation list.
+async fn counts(client: &Client, conversation: &ConversationId) -> (u64, u64) {
+    let summary = client
         .conversations()
         .await
         .unwrap()
         .into_iter()
         .find(|summary| &summary.conversation.id == conversation)
-        .map(|summary| summary.unread)
-        .expect("listed")
+        .expect("listed");
+    (summary.unread, summary.mentions)
 }
 
 /// A device that asks for at most N entries per conversation gets `limited` before the
@@ -643,24 +638,10 @@ async fn mentions_are_counted_for_those_named_and_checked() {
         .await
         .unwrap();
     let id = group.conversation.id;
-    let counts = |client: &Client| {
-        let client = client.clone();
-        let id = id.clone();
-        async move {
-            let summary = client
-                .conversations()
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|summary| summary.conversation.id == id)
-                .expect("listed");
-            (summary.unread, summary.mentions)
-        }
-    };
     mention(&alice, &id, "m1", &["bob"], false).await.unwrap();
     mention(&alice, &id, "m2", &[], true).await.unwrap();
-    assert_eq!(counts(&bob).await, (2, 2));
-    assert_eq!(counts(&carol).await, (2, 1), "the @all only");
+    assert_eq!(counts(&bob, &id).await, (2, 2));
+    assert_eq!(counts(&carol, &id).await, (2, 1), "the @all only");
     assert_eq!(
         code(mention(&bob, &id, "m3", &[], true).await),
         Some(ErrorCode::Forbidden),
@@ -675,12 +656,12 @@ async fn mentions_are_counted_for_those_named_and_checked() {
     bob.read(&id, head).await.unwrap();
     // `read` is fire-and-forget: wait until the watermark shows in the summary.
     for _ in 0..100 {
-        if counts(&bob).await == (0, 0) {
+        if counts(&bob, &id).await == (0, 0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(counts(&bob).await, (0, 0), "reading clears both");
+    assert_eq!(counts(&bob, &id).await, (0, 0), "reading clears both");
 }
 
 /// A text that mentions `mentions` (and everyone, with `all`), sent with key `key`.
