@@ -18,7 +18,8 @@ use messenger_sequencer::{Sequencer, memory::MemorySequencer};
 use messenger_socket::auth::DevAuthenticator;
 use messenger_socket::engine::layer::PerUserRateLimitLayer;
 use messenger_socket::engine::{
-    AddMembers, CreateGroup, GetPresence, MarkReceipt, ReadHistory, SendMessage, SetTyping,
+    AddMembers, CreateGroup, GetPresence, MarkReceipt, OpenDirect, ReadHistory, SendMessage,
+    SetTyping,
 };
 use messenger_socket::{Backends, Engine, EngineConfig, Node, Server, ServerConfig, Services};
 use messenger_store::{EmbeddedStore, Store};
@@ -122,6 +123,7 @@ async fn service_calls_reach_connected_devices_in_order() {
         let sent = call(
             &service,
             SendMessage {
+                resend: false,
                 actor: actor("alice"),
                 conversation: id.clone(),
                 client_msg_id: ClientMsgId::new(format!("job-{n}")).unwrap(),
@@ -189,6 +191,7 @@ async fn service_calls_reach_connected_devices_in_order() {
     let refused = call(
         &service,
         SendMessage {
+            resend: false,
             actor: actor("mallory"),
             conversation: id.clone(),
             client_msg_id: ClientMsgId::new("m-1").unwrap(),
@@ -259,6 +262,7 @@ async fn a_user_over_their_rate_is_refused_and_others_are_not() {
     .unwrap();
     let id = group.conversation.id;
     let send = |user: &str, key: &str| SendMessage {
+        resend: false,
         actor: actor(user),
         conversation: id.clone(),
         client_msg_id: ClientMsgId::new(key).unwrap(),
@@ -358,4 +362,55 @@ async fn refusals_have_the_documented_codes_and_shapes() {
             break;
         }
     }
+}
+
+/// A retry the caller marks `resend` is answered with the original and spends no seq; one
+/// that is not leaves a void behind (the append finds the key after a seq was given).
+#[tokio::test]
+async fn a_resend_through_the_engine_spends_no_seq() {
+    let (engine, _dir) = engine();
+    let chat = call(
+        &engine,
+        OpenDirect {
+            actor: actor("alice"),
+            other: UserId::new("bob").unwrap(),
+        },
+    )
+    .await
+    .unwrap()
+    .conversation
+    .id;
+    let send = |key: &str, resend: bool| SendMessage {
+        resend,
+        actor: actor("alice"),
+        conversation: chat.clone(),
+        client_msg_id: ClientMsgId::new(key).unwrap(),
+        body: text("once"),
+    };
+    assert_eq!(
+        call(&engine, send("k", false)).await.unwrap().message.seq,
+        Seq(1)
+    );
+    let again = call(&engine, send("k", true)).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message.seq, Seq(1));
+    assert_eq!(
+        call(&engine, send("next", false))
+            .await
+            .unwrap()
+            .message
+            .seq,
+        Seq(2),
+        "the resend spent no seq"
+    );
+    assert!(call(&engine, send("k", false)).await.unwrap().duplicate);
+    assert_eq!(
+        call(&engine, send("last", false))
+            .await
+            .unwrap()
+            .message
+            .seq,
+        Seq(4),
+        "the plain retry left a void at 3"
+    );
 }

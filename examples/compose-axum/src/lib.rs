@@ -190,6 +190,7 @@ async fn run_echo_bot(engine: AppEngine, mut events: mpsc::UnboundedReceiver<Dom
             continue;
         };
         let reply = SendMessage {
+            resend: false,
             actor: actor.clone(),
             conversation: message.conversation.clone(),
             client_msg_id,
@@ -284,6 +285,7 @@ async fn send_message(
         Err(err) => return refusal(&Error::from(err)),
     };
     let send = SendMessage {
+        resend: false,
         actor,
         conversation,
         client_msg_id,

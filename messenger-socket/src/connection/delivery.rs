@@ -380,6 +380,7 @@ mod tests {
         let sent = harness
             .engine
             .send(crate::engine::SendMessage {
+                resend: false,
                 actor: bob,
                 conversation: group.clone(),
                 client_msg_id: messenger_core::ClientMsgId::new("lost-live").unwrap(),
@@ -432,6 +433,7 @@ mod tests {
             harness
                 .engine
                 .send(SendMessage {
+                    resend: false,
                     actor: alice.clone(),
                     conversation: group.clone(),
                     client_msg_id: ClientMsgId::new(format!("while-out-{n}")).unwrap(),

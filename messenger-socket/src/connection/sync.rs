@@ -184,6 +184,7 @@ mod tests {
         harness
             .engine
             .send(crate::engine::SendMessage {
+                resend: false,
                 actor: messenger_core::auth::Identity::new(
                     messenger_core::UserId::new("bob").unwrap(),
                     messenger_core::DeviceId::new("laptop").unwrap(),

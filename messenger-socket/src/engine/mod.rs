@@ -39,6 +39,7 @@
 //! let alice = Identity::new(UserId::new("alice")?, DeviceId::new("bot")?);
 //! let chat = call(&engine, OpenDirect { actor: alice.clone(), other: UserId::new("bob")? }).await?;
 //! let sent = call(&engine, SendMessage {
+//!     resend: false,
 //!     actor: alice,
 //!     conversation: chat.conversation.id.clone(),
 //!     client_msg_id: ClientMsgId::new("bot-1")?,

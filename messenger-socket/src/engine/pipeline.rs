@@ -125,8 +125,12 @@ impl<B: Backends> Engine<B> {
             conversation,
             client_msg_id,
             body,
+            resend,
         } = request;
-        let draft = self.validate_body(body)?;
+        let draft = Draft {
+            resend,
+            ..self.validate_body(body)?
+        };
         let mut stored = match self
             .prepare_send(&actor, conversation, client_msg_id, draft)
             .await?

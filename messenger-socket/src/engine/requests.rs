@@ -49,6 +49,10 @@ pub struct SendMessage {
     pub client_msg_id: ClientMsgId,
     /// What.
     pub body: NewBody,
+    /// The caller may have sent this before (a retry after a timeout, an HTTP client's
+    /// replayed request): the key is looked up before a seq is spent, so a message stored
+    /// already is answered without leaving a void. `false` for a first attempt.
+    pub resend: bool,
 }
 
 /// The answer to [`SendMessage`]: the stored entry.
