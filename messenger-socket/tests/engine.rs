@@ -60,6 +60,10 @@ async fn device(url: &str, token: &str) -> Ws {
 
 /// An engine on the embedded store, in-process fanout and memory presence.
 fn engine() -> (Engine<impl Backends>, tempfile::TempDir) {
+    engine_with(EngineConfig::default())
+}
+
+fn engine_with(config: EngineConfig) -> (Engine<impl Backends>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(EmbeddedStore::open(dir.path().join("messages.db")).unwrap());
     let node = Node::single();
@@ -72,7 +76,7 @@ fn engine() -> (Engine<impl Backends>, tempfile::TempDir) {
             presence: Presence::new(MemoryPresence::new()),
         },
         node,
-        EngineConfig::default(),
+        config,
     );
     (engine, dir)
 }
@@ -413,4 +417,241 @@ async fn a_resend_through_the_engine_spends_no_seq() {
         Seq(4),
         "the plain retry left a void at 3"
     );
+}
+
+/// What a random run of sends, edits, deletes and reactions must leave: the model's answer
+/// to every operation (the seq it is stored at, or the refusal's code) and, at the end, the
+/// log read back entry by entry.
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    const USERS: [&str; 3] = ["alice", "bob", "carol"];
+    const EMOJIS: [&str; 3] = ["👍", "🎉", "❤️"];
+    const MAX_EDITS: u32 = 1;
+    const MAX_REACTIONS: usize = 2;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Send(usize),
+        Edit(usize, u64),
+        Delete(usize, u64),
+        React(usize, u64, usize),
+        Unreact(usize, u64, usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let user = 0..USERS.len();
+        // Few seqs, so that operations meet on the same messages (and on nothing: 0, past
+        // the head).
+        let target = 0u64..10;
+        let emoji = 0..EMOJIS.len();
+        prop_oneof![
+            3 => user.clone().prop_map(Op::Send),
+            2 => (user.clone(), target.clone()).prop_map(|(u, t)| Op::Edit(u, t)),
+            1 => (user.clone(), target.clone()).prop_map(|(u, t)| Op::Delete(u, t)),
+            2 => (user.clone(), target.clone(), emoji.clone())
+                .prop_map(|(u, t, e)| Op::React(u, t, e)),
+            1 => (user, target, emoji).prop_map(|(u, t, e)| Op::Unreact(u, t, e)),
+        ]
+    }
+
+    /// One entry of the log as the model holds it.
+    #[derive(Debug, Clone)]
+    enum Entry {
+        /// `group_created`, and the edit, delete and reaction entries: not targets.
+        Other,
+        Text {
+            sender: usize,
+            text: String,
+            edits: u32,
+            deleted_by: Option<usize>,
+            reactions: Vec<(usize, Vec<usize>)>,
+        },
+    }
+
+    /// The model's answer to `op` on `log` (changing it), as the engine must answer.
+    fn apply(log: &mut Vec<Entry>, op: &Op, n: usize) -> Result<u64, ErrorCode> {
+        let next = log.len() as u64 + 1;
+        let (user, target) = match op {
+            Op::Send(user) => {
+                log.push(Entry::Text {
+                    sender: *user,
+                    text: format!("m{n}"),
+                    edits: 0,
+                    deleted_by: None,
+                    reactions: Vec::new(),
+                });
+                return Ok(next);
+            }
+            Op::Edit(u, t) | Op::Delete(u, t) | Op::React(u, t, _) | Op::Unreact(u, t, _) => {
+                (*u, *t)
+            }
+        };
+        let index = usize::try_from(target)
+            .ok()
+            .filter(|t| *t >= 1 && *t <= log.len());
+        let Some(index) = index else {
+            return Err(ErrorCode::TargetNotFound);
+        };
+        let Entry::Text {
+            sender,
+            text,
+            edits,
+            deleted_by,
+            reactions,
+        } = &mut log[index - 1]
+        else {
+            return Err(ErrorCode::NotEditable);
+        };
+        if deleted_by.is_some() {
+            return Err(ErrorCode::TargetDeleted);
+        }
+        match op {
+            Op::Edit(..) if *sender != user => return Err(ErrorCode::Forbidden),
+            Op::Edit(..) if *edits >= MAX_EDITS => return Err(ErrorCode::TooManyEdits),
+            Op::Edit(..) => {
+                *text = format!("e{n}");
+                *edits += 1;
+            }
+            // alice owns the group: she deletes anyone's message, the others their own.
+            Op::Delete(..) if *sender != user && user != 0 => return Err(ErrorCode::Forbidden),
+            Op::Delete(..) => {
+                *deleted_by = Some(user);
+                reactions.clear();
+            }
+            Op::React(_, _, emoji) => {
+                let distinct = reactions.len();
+                match reactions.iter_mut().find(|(e, _)| e == emoji) {
+                    Some((_, users)) if users.contains(&user) => {
+                        return Err(ErrorCode::InvalidRequest);
+                    }
+                    Some((_, users)) => users.push(user),
+                    None if distinct >= MAX_REACTIONS => return Err(ErrorCode::TooLarge),
+                    None => reactions.push((*emoji, vec![user])),
+                }
+            }
+            Op::Unreact(_, _, emoji) => {
+                let Some(at) = reactions
+                    .iter()
+                    .position(|(e, users)| e == emoji && users.contains(&user))
+                else {
+                    return Err(ErrorCode::InvalidRequest);
+                };
+                reactions[at].1.retain(|u| *u != user);
+                if reactions[at].1.is_empty() {
+                    reactions.remove(at);
+                }
+            }
+            Op::Send(_) => unreachable!("handled above"),
+        }
+        log.push(Entry::Other);
+        Ok(next)
+    }
+
+    fn body(op: &Op, n: usize) -> NewBody {
+        let emoji = |e: &usize| EMOJIS[*e].to_owned();
+        match op {
+            Op::Send(_) => text(&format!("m{n}")),
+            Op::Edit(_, t) => NewBody::Edit {
+                target: Seq(*t),
+                text: format!("e{n}"),
+            },
+            Op::Delete(_, t) => NewBody::Delete { target: Seq(*t) },
+            Op::React(_, t, e) => NewBody::React {
+                target: Seq(*t),
+                emoji: emoji(e),
+            },
+            Op::Unreact(_, t, e) => NewBody::Unreact {
+                target: Seq(*t),
+                emoji: emoji(e),
+            },
+        }
+    }
+
+    fn user_of(op: &Op) -> usize {
+        match op {
+            Op::Send(u) | Op::Edit(u, _) | Op::Delete(u, _) => *u,
+            Op::React(u, ..) | Op::Unreact(u, ..) => *u,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_message_actions_follow_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut config = EngineConfig::default();
+                config.limits.max_edits = MAX_EDITS;
+                config.limits.max_reactions_per_message = MAX_REACTIONS;
+                let (engine, _dir) = engine_with(config);
+                let group = call(&engine, CreateGroup {
+                    actor: actor(USERS[0]),
+                    title: "model".into(),
+                    members: USERS[1..].iter().map(|u| UserId::new(*u).unwrap()).collect(),
+                })
+                .await
+                .unwrap();
+                let id = group.conversation.id;
+                let mut log = vec![Entry::Other];
+                for (n, op) in ops.iter().enumerate() {
+                    let expected = apply(&mut log, op, n);
+                    let answer = call(&engine, SendMessage {
+                        resend: false,
+                        actor: actor(USERS[user_of(op)]),
+                        conversation: id.clone(),
+                        client_msg_id: ClientMsgId::new(format!("op-{n}")).unwrap(),
+                        body: body(op, n),
+                    })
+                    .await;
+                    let got = answer
+                        .map(|sent| sent.message.seq.get())
+                        .map_err(|err| err.refusal_code().unwrap_or(ErrorCode::Internal));
+                    assert_eq!(got, expected, "op {n}: {op:?}");
+                }
+                let page = call(&engine, ReadHistory {
+                    actor: actor(USERS[2]),
+                    conversation: id,
+                    after: Some(Seq::ZERO),
+                    before: None,
+                    limit: Some(200),
+                })
+                .await
+                .unwrap();
+                assert_eq!(page.messages.len(), log.len(), "one stored entry per accepted op");
+                for (entry, stored) in log.iter().zip(&page.messages) {
+                    let Entry::Text { text: want, edits: want_edits, deleted_by, reactions, .. } =
+                        entry
+                    else {
+                        continue;
+                    };
+                    match (&stored.body, deleted_by) {
+                        (Body::Deleted { by, .. }, Some(who)) => {
+                            assert_eq!(by.as_str(), USERS[*who], "seq {}", stored.seq);
+                        }
+                        (Body::Text { text, edits, reactions: got, .. }, None) => {
+                            assert_eq!((text, edits), (want, want_edits), "seq {}", stored.seq);
+                            let got: Vec<(String, Vec<String>)> = got
+                                .iter()
+                                .map(|r| (r.emoji.clone(), r.users.iter().map(ToString::to_string).collect()))
+                                .collect();
+                            let want: Vec<(String, Vec<String>)> = reactions
+                                .iter()
+                                .map(|(e, users)| {
+                                    (EMOJIS[*e].to_owned(), users.iter().map(|u| USERS[*u].to_owned()).collect())
+                                })
+                                .collect();
+                            assert_eq!(got, want, "reactions at seq {}", stored.seq);
+                        }
+                        (other, _) => panic!("seq {}: {other:?} against {entry:?}", stored.seq),
+                    }
+                }
+            });
+        }
+    }
 }
