@@ -47,7 +47,7 @@ impl From<Body> for Draft {
 pub(crate) struct Pending {
     pub(crate) message: Arc<Message>,
     pub(crate) recipients: Arc<[UserId]>,
-    /// For an edit or delete: its target as checked.
+    /// For an edit, a delete or a reaction: its target as checked.
     pub(crate) amendment: Option<Amendment>,
 }
 
