@@ -224,6 +224,23 @@ mod tests {
     }
 
     #[test]
+    fn a_limited_sync_moves_the_cursor_forward_only() {
+        let mut order = Order::new(&BTreeMap::from([(conv(), Seq(3))]));
+        assert!(
+            order.skip_to(&conv(), Seq(25)),
+            "the backlog starts after 25"
+        );
+        assert_eq!(order.cursor(&conv()), Seq(25));
+        let first = order.accept(text(26), Source::Stream);
+        assert_eq!(seqs(&first), [26]);
+        assert_eq!(first.fill_after, None, "no gap below the limited backlog");
+        assert!(!order.skip_to(&conv(), Seq(10)), "never back");
+        assert_eq!(order.cursor(&conv()), Seq(26));
+        assert!(order.skip_to(&ConversationId::new("g:new").unwrap(), Seq(5)));
+        assert_eq!(order.repairs(), RepairCounts::default());
+    }
+
+    #[test]
     fn a_gap_holds_entries_and_asks_once() {
         let mut order = Order::new(&BTreeMap::from([(conv(), Seq(3))]));
         let early = order.accept(text(6), Source::Stream);
