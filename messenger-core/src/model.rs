@@ -533,3 +533,35 @@ impl Body {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bodies and summaries as the previous build stored and sent them (no reply, edit,
+    /// reaction or mention fields) still decode, to the plain values: stores keep their old
+    /// rows as they are, no migration.
+    #[test]
+    fn what_the_previous_build_stored_still_decodes() {
+        let text: Body = serde_json::from_str(r#"{"kind":"text","text":"hi"}"#).expect("text");
+        assert_eq!(text, Body::text("hi"));
+        assert_eq!(
+            serde_json::to_string(&text).expect("json"),
+            r#"{"kind":"text","text":"hi"}"#,
+            "a plain text is written as before"
+        );
+        let media: Body = serde_json::from_str(
+            r#"{"kind":"media","name":"a.png","mime":"image/png","size":3,"status":"ready","url":"u"}"#,
+        )
+        .expect("media");
+        let Body::Media(media) = media else {
+            panic!("media")
+        };
+        assert!(media.reply_to.is_none() && media.reactions.is_empty());
+        let summary: ConversationSummary = serde_json::from_str(
+            r#"{"conversation":{"id":"dm:a:b","kind":"direct","title":null,"created_by":"a","created_at":1},"role":"member","head":4,"delivered":4,"read":2,"unread":2}"#,
+        )
+        .expect("summary");
+        assert_eq!((summary.unread, summary.mentions), (2, 0));
+    }
+}
