@@ -1683,17 +1683,18 @@ pub async fn amend_retries_and_taken_seqs<S: StoreService>(store: &S) {
     assert_eq!(head(store, &chat).await, Seq(4), "nothing written");
 }
 
-async fn unread_of<S: StoreService>(
+/// `(unread, mentions)` of `user` in `conversation`.
+async fn counts_of<S: StoreService>(
     store: &S,
     user: &UserId,
     conversation: &ConversationId,
-) -> u64 {
+) -> (u64, u64) {
     call(store, UserConversations { user: user.clone() })
         .await
         .expect("user_conversations")
         .into_iter()
         .find(|summary| &summary.conversation.id == conversation)
-        .map(|summary| summary.unread)
+        .map(|summary| (summary.unread, summary.mentions))
         .expect("a member's conversation is listed")
 }
 
@@ -1759,24 +1760,24 @@ pub async fn unread_counts_only_displayed_messages_of_others<S: StoreService>(st
     .await
     .expect("void");
     assert_eq!(
-        unread_of(store, &alice, &chat).await,
+        counts_of(store, &alice, &chat).await.0,
         2,
         "bob's text and pending media"
     );
     assert_eq!(
-        unread_of(store, &bob, &chat).await,
+        counts_of(store, &bob, &chat).await.0,
         1,
         "alice's own text, for bob"
     );
     receipt(store, &chat, &alice, ReceiptKind::Read, 1)
         .await
         .expect("read");
-    assert_eq!(unread_of(store, &alice, &chat).await, 1);
+    assert_eq!(counts_of(store, &alice, &chat).await.0, 1);
     receipt(store, &chat, &alice, ReceiptKind::Read, 10)
         .await
         .expect("read");
     assert_eq!(
-        unread_of(store, &alice, &chat).await,
+        counts_of(store, &alice, &chat).await.0,
         0,
         "read to a void head clears it"
     );
@@ -1827,34 +1828,22 @@ pub async fn mentions_count_texts_that_name_the_user<S: StoreService>(store: &S)
     ] {
         append(store, &message).await;
     }
-    let mentions_of = |who: UserId| {
-        let chat = chat.clone();
-        async move {
-            call(store, UserConversations { user: who })
-                .await
-                .expect("user_conversations")
-                .into_iter()
-                .find(|summary| summary.conversation.id == chat)
-                .map(|summary| (summary.unread, summary.mentions))
-                .expect("listed")
-        }
-    };
     assert_eq!(
-        mentions_of(bob.clone()).await,
+        counts_of(store, &bob, &chat).await,
         (4, 3),
         "1, 2 and @all; not his own"
     );
     assert_eq!(
-        mentions_of(alice.clone()).await,
+        counts_of(store, &alice, &chat).await,
         (2, 1),
         "carol's; not her own @all"
     );
-    assert_eq!(mentions_of(carol.clone()).await, (4, 1), "the @all");
+    assert_eq!(counts_of(store, &carol, &chat).await, (4, 1), "the @all");
     receipt(store, &chat, &bob, ReceiptKind::Read, 2)
         .await
         .expect("read");
     assert_eq!(
-        mentions_of(bob).await,
+        counts_of(store, &bob, &chat).await,
         (2, 1),
         "reading clears what it covers"
     );

@@ -1,28 +1,23 @@
-//! Replies, edits and deletes: the rules that decide what a message may become, and the
-//! conditional write that makes the decision stick ([`AmendMessage`]).
+//! Replies, edits, deletes and reactions: the rules that decide what a message may become
+//! (pure, over the target as read) and the reads they need.
 //!
-//! An edit or a delete is a send like any other (a `send` frame, an idempotency key, a seq,
-//! an ack): its entry ([`Body::Edit`], [`Body::Delete`]) is appended to the log, and the
-//! target's stored body is replaced in the same write, so history read later shows the latest
-//! version and a device that holds the target already learns of the change in order. The
-//! rules are decided here, on the target as read; the store refuses the write when the target
-//! changed meanwhile, and the engine decides again on what it holds now.
+//! An edit, a delete or a reaction is a send like any other (a `send` frame, an idempotency
+//! key, a seq, an ack): its entry ([`Body::Edit`], [`Body::Delete`], [`Body::React`]...) is
+//! appended to the log, and the target's stored body is replaced in the same write
+//! ([`messenger_core::store::AmendMessage`], from the send pipeline), so history read later
+//! shows the latest version and a device that holds the target already learns of the change
+//! in order. The store refuses the write when the target changed meanwhile, and the pipeline
+//! decides again here on what it holds now.
 
 use std::sync::Arc;
 
 use messenger_core::protocol::{ErrorCode, Limits};
-use messenger_core::store::{AmendMessage, Amended, ReadRange};
+use messenger_core::store::ReadRange;
 use messenger_core::{
-    Body, ConversationId, ConversationKind, Error, Message, Reaction, Reply, Role, Seq, UserId,
-    call,
+    Body, ConversationId, ConversationKind, Error, Message, Reaction, Reply, Role, Seq, call,
 };
 
-use super::pipeline::Stored;
 use super::{Backends, Engine};
-
-/// Decisions on a changed target before an amendment gives up (`unavailable`): each round
-/// means someone else changed the same message in between.
-const MAX_ROUNDS: u32 = 4;
 
 /// What the actor is in the conversation of an amendment: the rules depend on it.
 #[derive(Debug, Clone, Copy)]
@@ -273,90 +268,11 @@ impl<B: Backends> Engine<B> {
             .find(|message| message.seq == seq)
             .ok_or_else(missing)
     }
-
-    /// Stores an edit or delete through the send pipeline's conditional append, deciding
-    /// again when the target changed since it was checked. A refusal decided here (the
-    /// target was deleted meanwhile...) voids the entry's seq.
-    pub(crate) async fn store_amendment(
-        &self,
-        message: Arc<Message>,
-        recipients: Arc<[UserId]>,
-        amendment: Amendment,
-    ) -> Result<Stored, Error> {
-        let Amendment {
-            mut expected,
-            standing,
-        } = amendment;
-        let limits = self.config().limits.clone();
-        let store = self.services().store().clone();
-        let mut message = message;
-        for _ in 0..MAX_ROUNDS {
-            let target = Arc::clone(&expected);
-            let write = |update: Arc<Message>| {
-                let store = store.clone();
-                let expected = Arc::clone(&target);
-                let decided = amended(&update, &expected, standing, &limits);
-                async move {
-                    let amended = Arc::new(decided?);
-                    call(
-                        &store,
-                        AmendMessage {
-                            update,
-                            expected,
-                            amended,
-                        },
-                    )
-                    .await
-                }
-            };
-            let (attempted, outcome) = self.append_sequenced(message, &recipients, write).await?;
-            match outcome {
-                Amended::Applied { update, target } => {
-                    if let Body::Media(_) = expected.body {
-                        if matches!(target.body, Body::Deleted { .. }) {
-                            self.forget_media(&target).await;
-                        }
-                    }
-                    self.publish(messenger_core::DomainEvent::MessageStored {
-                        message: Arc::clone(&update),
-                    });
-                    return Ok(Stored::fresh(update, recipients));
-                }
-                Amended::Duplicate { original } => {
-                    let void = Arc::new(Message::void(
-                        attempted.conversation.clone(),
-                        attempted.seq,
-                        attempted.sent_at,
-                    ));
-                    return Ok(Stored::duplicate(original, recipients, void));
-                }
-                Amended::Changed { current } => {
-                    // Our seq is still unwritten: decide again on what the target holds now.
-                    let Some(current) = current else {
-                        self.void_unused(&attempted.conversation, attempted.seq, &recipients)
-                            .await;
-                        return Err(Error::refused(
-                            ErrorCode::TargetNotFound,
-                            "the message is gone",
-                        ));
-                    };
-                    expected = current;
-                    message = attempted;
-                }
-            }
-        }
-        self.void_unused(&message.conversation, message.seq, &recipients)
-            .await;
-        Err(Error::refused(
-            ErrorCode::Unavailable,
-            "the message kept changing; try again",
-        ))
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use messenger_core::{ClientMsgId, DeviceId, Timestamp};
+    use messenger_core::{ClientMsgId, DeviceId, Timestamp, UserId};
 
     use super::*;
 

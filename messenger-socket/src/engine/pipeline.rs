@@ -10,7 +10,7 @@ use messenger_core::auth::Identity;
 use messenger_core::fanout::Deliver;
 use messenger_core::protocol::{ErrorCode, NewBody};
 use messenger_core::sequencer::{FenceSeq, NextSeq};
-use messenger_core::store::{AppendMessage, FindMessage, VoidSeq};
+use messenger_core::store::{AmendMessage, Amended, AppendMessage, FindMessage, VoidSeq};
 use messenger_core::{
     Body, ClientMsgId, ConversationId, ConversationKind, DomainEvent, Error, ErrorKind, Event,
     MAX_EMOJI_BYTES, MAX_MENTIONS, Message, Role, Seq, Timestamp, UserId, call,
@@ -21,6 +21,10 @@ use super::{Backends, Engine, MessageSent, SendMessage};
 
 /// Conflicts (a seq found taken) tolerated before an append gives up.
 const MAX_ATTEMPTS: u32 = 4;
+
+/// Decisions on a changed target before an edit, delete or reaction gives up
+/// (`unavailable`): each round means someone else changed the same message in between.
+const MAX_AMEND_ROUNDS: u32 = 4;
 
 /// A send's body checked against the limits, before its conversation is looked at.
 #[derive(Debug)]
@@ -379,6 +383,85 @@ impl<B: Backends> Engine<B> {
             message: Arc::clone(&appended.message),
         });
         Ok(Stored::fresh(appended.message, recipients))
+    }
+
+    /// Stores an edit or delete through the send pipeline's conditional append, deciding
+    /// again when the target changed since it was checked. A refusal decided here (the
+    /// target was deleted meanwhile...) voids the entry's seq.
+    pub(crate) async fn store_amendment(
+        &self,
+        message: Arc<Message>,
+        recipients: Arc<[UserId]>,
+        amendment: Amendment,
+    ) -> Result<Stored, Error> {
+        let Amendment {
+            mut expected,
+            standing,
+        } = amendment;
+        let limits = self.config().limits.clone();
+        let store = self.services().store().clone();
+        let mut message = message;
+        for _ in 0..MAX_AMEND_ROUNDS {
+            let target = Arc::clone(&expected);
+            let write = |update: Arc<Message>| {
+                let store = store.clone();
+                let expected = Arc::clone(&target);
+                let decided = amend::amended(&update, &expected, standing, &limits);
+                async move {
+                    let amended = Arc::new(decided?);
+                    call(
+                        &store,
+                        AmendMessage {
+                            update,
+                            expected,
+                            amended,
+                        },
+                    )
+                    .await
+                }
+            };
+            let (attempted, outcome) = self.append_sequenced(message, &recipients, write).await?;
+            match outcome {
+                Amended::Applied { update, target } => {
+                    if let Body::Media(_) = expected.body {
+                        if matches!(target.body, Body::Deleted { .. }) {
+                            self.forget_media(&target).await;
+                        }
+                    }
+                    self.publish(messenger_core::DomainEvent::MessageStored {
+                        message: Arc::clone(&update),
+                    });
+                    return Ok(Stored::fresh(update, recipients));
+                }
+                Amended::Duplicate { original } => {
+                    let void = Arc::new(Message::void(
+                        attempted.conversation.clone(),
+                        attempted.seq,
+                        attempted.sent_at,
+                    ));
+                    return Ok(Stored::duplicate(original, recipients, void));
+                }
+                Amended::Changed { current } => {
+                    // Our seq is still unwritten: decide again on what the target holds now.
+                    let Some(current) = current else {
+                        self.void_unused(&attempted.conversation, attempted.seq, &recipients)
+                            .await;
+                        return Err(Error::refused(
+                            ErrorCode::TargetNotFound,
+                            "the message is gone",
+                        ));
+                    };
+                    expected = current;
+                    message = attempted;
+                }
+            }
+        }
+        self.void_unused(&message.conversation, message.seq, &recipients)
+            .await;
+        Err(Error::refused(
+            ErrorCode::Unavailable,
+            "the message kept changing; try again",
+        ))
     }
 
     /// The conditional append every log entry goes through: `write` stores `message` at its
